@@ -1,0 +1,230 @@
+"""Grad-CAM for the lesion segmentation network (torch only).
+
+Grad-CAM (Selvaraju et al., ICCV 2017, arXiv:1610.02391), in the form used for
+segmentation networks (Vinogradova et al., AAAI 2020, arXiv:2002.11434):
+
+* target ``y`` = sum of the lesion logits (ground-glass + consolidation
+  channels) over the pixels the network predicts as lesion, or over the whole
+  slice when it predicts none;
+* ``w_c`` = the gradient ``dy/dA_c`` averaged over the layer's spatial grid;
+* ``cam = ReLU(sum_c w_c A_c)``, resized to the slice (the crop to the thorax
+  box and the resize to the network's input are undone) and divided by its
+  maximum so it lies in ``[0, 1]``.
+
+Slices are independent in an ``eval()`` network, so the gradient of the *sum*
+of the per-slice targets gives every slice its own gradient: one backward pass
+serves a whole batch.
+
+Only the part of the network after the chosen layer is recorded for autograd:
+the layer's output is cut from the graph and made a leaf, and the parameters
+are frozen for the duration. The encoder therefore runs as plain inference,
+which keeps one slice's map well under a second on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: Channels of the segmentation output: background, ground-glass opacity, consolidation.
+LESION_CHANNELS = (1, 2)
+
+
+def available_layers(model: Any) -> dict[str, torch.nn.Module]:
+    """The layers a user may pick for Grad-CAM, by name (the model's own list when it has one)."""
+    if hasattr(model, "cam_layers"):
+        return dict(model.cam_layers())
+    return dict(_net(model).named_modules())
+
+
+def default_layer(model: Any) -> str:
+    """The model's default Grad-CAM layer (deepest decoder / ASPP stage)."""
+    name = getattr(model, "default_cam_layer", None)
+    if name:
+        return name
+    layers = available_layers(model)
+    if not layers:
+        raise ValueError("the model lists no layers for Grad-CAM")
+    return next(reversed(layers))
+
+
+def _net(model: Any) -> torch.nn.Module:
+    return model.net if hasattr(model, "net") else model
+
+
+def _resolve_layer(model: Any, layer: str | None) -> tuple[str, torch.nn.Module]:
+    name = layer or default_layer(model)
+    layers = available_layers(model)
+    if name in layers:
+        return name, layers[name]
+    modules = dict(_net(model).named_modules())
+    if name in modules:
+        return name, modules[name]
+    raise ValueError(f"unknown Grad-CAM layer '{name}'; choose one of: {', '.join(layers)}")
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        return _first_tensor(out["out"] if "out" in out else next(iter(out.values())))
+    if isinstance(out, (tuple, list)):
+        return _first_tensor(out[0])
+    raise TypeError(f"cannot read a tensor from a layer output of type {type(out).__name__}")
+
+
+@contextlib.contextmanager
+def _frozen_parameters(net: torch.nn.Module) -> Iterator[None]:
+    flags = [(p, p.requires_grad) for p in net.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def _leaf_at(module: torch.nn.Module, store: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Replace ``module``'s output by a leaf that requires grad, and keep that leaf in ``store``."""
+
+    def hook(_mod: torch.nn.Module, _inp: Any, out: Any) -> Any:
+        if "A" in store:  # a module used twice: explain its first use
+            return None
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"Grad-CAM needs a layer that outputs one tensor, got {type(out).__name__}")
+        leaf = out.detach().requires_grad_(True)
+        store["A"] = leaf
+        # A non-leaf copy goes on, so an in-place op after the layer (ReLU(inplace=True)) stays legal.
+        return leaf * 1.0
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _forward_logits(model: Any, x: torch.Tensor) -> torch.Tensor:
+    return _first_tensor(_net(model)(x))
+
+
+def cam_from_activations(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """``ReLU(sum_c mean_hw(dy/dA_c) * A_c)``: (n, C, h, w) twice -> (n, h, w), not normalised."""
+    weights = gradients.mean(dim=(2, 3), keepdim=True)
+    return torch.relu((weights * activations).sum(dim=1))
+
+
+def target_region(logits: torch.Tensor) -> torch.Tensor:
+    """Pixels predicted as lesion (argmax is a lesion channel); the whole slice where there are none.
+
+    Returns a float (n, 1, H, W) weight map at the logits' resolution.
+    """
+    pred = logits.argmax(dim=1, keepdim=True)
+    region = torch.zeros_like(pred, dtype=logits.dtype)
+    for c in LESION_CHANNELS:
+        region = region + (pred == c).to(logits.dtype)
+    empty = region.flatten(1).sum(dim=1) == 0
+    if bool(empty.any()):
+        region[empty] = 1.0
+    return region
+
+
+def _restore(model: Any, cam_small: torch.Tensor, box: Sequence[int], out_shape: tuple[int, int],
+             input_hw: tuple[int, int]) -> np.ndarray:
+    """Undo the network's geometry: (n, h, w) map -> (n, y, x) float32 at slice size, 0 outside ``box``."""
+    cam_in = F.interpolate(cam_small[:, None], size=input_hw, mode="bilinear", align_corners=False)
+    if hasattr(model, "restore_map"):
+        out = model.restore_map(cam_in, box, out_shape)
+    elif hasattr(model, "restore"):
+        out = model.restore(cam_in, box, out_shape)
+    else:
+        y0, y1, x0, x1 = (int(v) for v in box)
+        inside = F.interpolate(cam_in, size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
+        out = torch.zeros((cam_in.shape[0], 1, *out_shape), dtype=cam_in.dtype)
+        out[:, :, y0:y1, x0:x1] = inside.cpu()
+    out = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+    return np.ascontiguousarray(out[:, 0], dtype=np.float32)
+
+
+def normalise(maps: np.ndarray) -> np.ndarray:
+    """Divide each map by its maximum (maps that are all zero stay zero); clip to [0, 1]."""
+    maps = np.maximum(maps, 0, out=maps)
+    peak = maps.reshape(len(maps), -1).max(axis=1)
+    scale = np.where(peak > 0, 1.0 / np.where(peak > 0, peak, 1.0), 0.0).astype(np.float32)
+    maps *= scale[:, None, None]
+    return np.clip(maps, 0.0, 1.0, out=maps)
+
+
+def outside_fraction(maps: np.ndarray, lung: np.ndarray | None) -> np.ndarray:
+    """Share of each map's activation (sum) that lies where ``lung`` is 0; 0 for an all-zero map."""
+    n = len(maps)
+    if lung is None:
+        return np.zeros(n, dtype=np.float64)
+    lung = np.asarray(lung).reshape(maps.shape)
+    total = maps.reshape(n, -1).sum(axis=1, dtype=np.float64)
+    outside = np.where(lung == 0, maps, 0).reshape(n, -1).sum(axis=1, dtype=np.float64)
+    return np.where(total > 0, outside / np.where(total > 0, total, 1.0), 0.0)
+
+
+def gradcam_batch(model: Any, hu_slices: np.ndarray, box: Sequence[int], lung_slices: np.ndarray | None = None,
+                  layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM maps for several slices with one forward and one backward pass.
+
+    Parameters
+    ----------
+    model : LoadedModel
+        From :func:`ctscreen.inference.models.load_model` (needs ``net``, ``prepare``, ``restore``).
+    hu_slices : ndarray, (n, y, x)
+        Slices in Hounsfield units.
+    box : (y0, y1, x0, x1)
+        The thorax box the segmentation used (:func:`ctscreen.inference.segment.thorax_box`).
+    lung_slices : ndarray, (n, y, x), optional
+        Lung mask of the slices (0 outside) for the outside-the-lung share.
+    layer : str, optional
+        Layer name (a key of ``model.cam_layers()``); default ``model.default_cam_layer``.
+
+    Returns
+    -------
+    maps : ndarray of float32, (n, y, x)
+        Normalised to [0, 1] per slice; 0 outside the thorax box.
+    outside : ndarray of float64, (n,)
+        Share of each map's activation outside the lung mask (0 when no mask is given).
+    """
+    hu_slices = np.asarray(hu_slices)
+    if hu_slices.ndim == 2:
+        hu_slices = hu_slices[None]
+    _, module = _resolve_layer(model, layer)
+    net = _net(model)
+    x = model.prepare(hu_slices, box)
+    store: dict[str, torch.Tensor] = {}
+    with torch.enable_grad(), _frozen_parameters(net), _leaf_at(module, store):
+        logits = _forward_logits(model, x)
+        if "A" not in store:
+            raise ValueError(f"the Grad-CAM layer '{layer or default_layer(model)}' was not used by the forward pass")
+        A = store["A"]
+        region = target_region(logits.detach())
+        target = (logits[:, list(LESION_CHANNELS)] * region).sum()
+        (grads,) = torch.autograd.grad(target, A)
+    with torch.no_grad():
+        cam_small = cam_from_activations(A.detach(), grads)
+    maps = _restore(model, cam_small, box, tuple(hu_slices.shape[-2:]), tuple(x.shape[-2:]))
+    maps = normalise(maps)
+    return maps, outside_fraction(maps, lung_slices)
+
+
+def gradcam_slice(model: Any, hu_slice: np.ndarray, box: Sequence[int], lung_slice: np.ndarray | None = None,
+                  layer: str | None = None) -> tuple[np.ndarray, float]:
+    """Grad-CAM of one slice, for on-demand use in the viewer.
+
+    Returns the (y, x) float32 map in [0, 1] and the share of its activation outside ``lung_slice``.
+    """
+    hu = np.asarray(hu_slice)[None]
+    lung = None if lung_slice is None else np.asarray(lung_slice)[None]
+    maps, outside = gradcam_batch(model, hu, box, lung, layer)
+    return maps[0], float(outside[0])
