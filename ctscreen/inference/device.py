@@ -93,8 +93,11 @@ def free_accelerator_memory(device: torch.device) -> None:
 def describe_device(device: torch.device) -> str:
     """A short human name for a device, e.g. ``"cuda:0 (NVIDIA H100)"`` or ``"cpu (2 threads)"``."""
     if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+        try:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+        except (RuntimeError, AssertionError):  # no usable CUDA runtime: still name the device
+            return str(device)
     if device.type == "cpu":
         return f"cpu ({torch.get_num_threads()} threads)"
     return str(device)

@@ -1,0 +1,443 @@
+"""The lesion analysis as one generator: load, lung mask, segmentation, Grad-CAM, measurements.
+
+Research use, not for diagnosis.
+
+:func:`analyze` yields :class:`Progress` objects and *returns* an immutable
+:class:`~ctscreen.imaging.result.AnalysisResult` (``StopIteration.value``). The
+CLI drives it with a terminal progress bar (:func:`run_analysis` is the
+shortcut), the viewer's worker with a QThread; both can cancel it through
+``AnalyzeOptions.cancel`` (checked between batches), which raises
+:class:`~ctscreen.errors.Cancelled` and produces no result at all.
+
+On a GPU that runs out of memory the batch is halved and retried, down to one
+slice; if even that fails the model moves to the CPU and the run goes on there,
+with a warning on the result.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generator, Iterable
+
+import numpy as np
+
+from ctscreen.errors import Cancelled, NotAnalysable
+from ctscreen.imaging.result import CONSOLIDATION, GGO, AnalysisResult
+from ctscreen.imaging.volume import Volume
+from ctscreen.inference.device import describe_device, free_accelerator_memory, is_out_of_memory
+
+CAM_CHOICES = ("none", "lesions", "all")
+
+#: Rough share of the run each stage takes on a CPU (P001, 148 slices); only shapes the progress bar and ETA.
+STAGE_WEIGHTS = {
+    "load": 0.10,
+    "model": 0.01,
+    "lung_mask": 0.08,
+    "segmentation": 0.55,
+    "gradcam": 0.22,
+    "measurements": 0.04,
+}
+
+#: Stage names as shown to the user.
+STAGE_LABELS = {
+    "load": "loading series",
+    "model": "loading model",
+    "lung_mask": "lung mask",
+    "segmentation": "segmentation",
+    "gradcam": "Grad-CAM",
+    "measurements": "measurements",
+}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress tick of :func:`analyze`.
+
+    Attributes
+    ----------
+    stage : str
+        One of :data:`STAGE_WEIGHTS` (``load``, ``model``, ``lung_mask``, ``segmentation``,
+        ``gradcam``, ``measurements``).
+    done, total : int
+        Work units of this stage (slices, or percent where a stage has no natural unit).
+    eta_s : float or None
+        Estimated seconds until the whole analysis is done (None until it can be estimated).
+    message : str
+        A short line for the user.
+    fraction : float
+        Overall fraction of the analysis done, in [0, 1]; never decreases during one run.
+    """
+
+    stage: str
+    done: int
+    total: int
+    eta_s: float | None = None
+    message: str = ""
+    fraction: float = 0.0
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    """What :func:`analyze` should do.
+
+    Attributes
+    ----------
+    model : str, path, LoadedModel or None
+        ``"unet"``, ``"deeplab"``, a weights file, an already loaded model, or None
+        for the shipped default.
+    device : str
+        ``auto|cpu|cuda|mps``; used when the model is loaded here (an already
+        loaded model keeps its device).
+    batch_size : int
+        Slices per forward pass (halved automatically on GPU out-of-memory).
+    cam : str
+        Grad-CAM for ``"none"``, the ``"lesions"`` slices (any lesion voxel) or ``"all"`` slices.
+    cam_layer : str or None
+        Network layer for Grad-CAM (a key of ``model.cam_layers()``); None = the model's default.
+    tta : bool
+        Test-time augmentation in the segmentation.
+    cancel : threading.Event or None
+        Set it to stop the analysis at the next batch boundary.
+    """
+
+    model: Any = None
+    device: str = "auto"
+    batch_size: int = 8
+    cam: str = "lesions"
+    cam_layer: str | None = None
+    tta: bool = True
+    cancel: threading.Event | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.cam not in CAM_CHOICES:
+            raise ValueError(f"cam must be one of {CAM_CHOICES}, not {self.cam!r}")
+        if int(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, not {self.batch_size}")
+
+
+class _Tracker:
+    """Turns per-stage progress into overall fraction and ETA; checks the cancel flag."""
+
+    def __init__(self, stages: Iterable[str], cancel: threading.Event | None):
+        stages = list(stages)
+        total = sum(STAGE_WEIGHTS[s] for s in stages)
+        self.weights = {s: STAGE_WEIGHTS[s] / total for s in stages}
+        self.base: dict[str, float] = {}
+        acc = 0.0
+        for s in stages:
+            self.base[s] = acc
+            acc += self.weights[s]
+        self.cancel = cancel
+        self.t0 = time.perf_counter()
+        self.fraction = 0.0
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("analysis cancelled by the user; nothing was saved")
+
+    def tick(self, stage: str, done: int, total: int, message: str = "") -> Progress:
+        part = (done / total) if total else 1.0
+        self.fraction = max(self.fraction, min(1.0, self.base[stage] + self.weights[stage] * part))
+        elapsed = time.perf_counter() - self.t0
+        eta = None
+        if self.fraction >= 0.05 and elapsed > 0.5:
+            eta = elapsed * (1.0 - self.fraction) / self.fraction
+        label = STAGE_LABELS.get(stage, stage)
+        return Progress(stage, int(done), int(total), eta, message or f"{label} {done}/{total}", self.fraction)
+
+
+def _relay_fraction_generator(gen: Generator[Any, None, Any], tracker: _Tracker, stage: str
+                              ) -> Generator[Progress, None, Any]:
+    """Relay a generator that yields fractions (0..1) or progress-like objects as :class:`Progress`."""
+    try:
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            tracker.check_cancel()
+            done, total, msg = _as_done_total(item)
+            yield tracker.tick(stage, done, total, msg)
+    finally:
+        gen.close()
+
+
+def _as_done_total(item: Any) -> tuple[int, int, str]:
+    if isinstance(item, (int, float)) and not isinstance(item, bool):
+        return int(round(100 * float(item))), 100, ""
+    done = getattr(item, "done", None)
+    total = getattr(item, "total", None)
+    if done is not None and total:
+        return int(done), int(total), str(getattr(item, "message", "") or "")
+    frac = getattr(item, "fraction", None)
+    if frac is not None:
+        return int(round(100 * float(frac))), 100, str(getattr(item, "message", "") or "")
+    return 0, 100, ""
+
+
+def _is_loaded_model(obj: Any) -> bool:
+    return obj is not None and hasattr(obj, "net") and hasattr(obj, "prepare")
+
+
+def _freeze(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+class _Runner:
+    """Holds the model across stages so an out-of-memory fall back to the CPU sticks."""
+
+    def __init__(self, model: Any, tracker: _Tracker, warnings: list[str]):
+        self.model = model
+        self.tracker = tracker
+        self.warnings = warnings
+
+    def batched(self, stage: str, indices: list[int], batch_size: int,
+                fn: Callable[[Any, list[int]], Any], sink: Callable[[list[int], Any], None]
+                ) -> Generator[Progress, None, None]:
+        """Run ``fn(model, batch_indices)`` over ``indices`` in batches; ``sink`` stores each output."""
+        n = len(indices)
+        bs = max(1, int(batch_size))
+        start = 0
+        while start < n:
+            self.tracker.check_cancel()
+            batch = indices[start:start + bs]
+            try:
+                out = fn(self.model, batch)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+                if not is_out_of_memory(exc) or self.model.device.type == "cpu":
+                    raise
+                del exc
+                free_accelerator_memory(self.model.device)
+                if bs > 1:
+                    bs = max(1, bs // 2)
+                    continue
+                old = describe_device(self.model.device)
+                self.model = self.model.to("cpu")
+                self.warnings.append(
+                    f"The GPU ({old}) ran out of memory even with one slice at a time during {STAGE_LABELS[stage]}; "
+                    "the analysis went on on the CPU, which is slower. Close other GPU programs or use --device cpu.")
+                bs = max(1, int(batch_size))
+                continue
+            sink(batch, out)
+            start += len(batch)
+            yield self.tracker.tick(stage, start, n)
+
+
+def _load_volume(source: Any, tracker: _Tracker) -> Generator[Progress, None, Volume]:
+    from ctscreen.imaging import dicom
+
+    iter_load = getattr(dicom, "iter_load_series", None)
+    if iter_load is not None:
+        return (yield from _relay_fraction_generator(iter_load(source), tracker, "load"))
+    yield tracker.tick("load", 0, 1, "loading series")
+    volume = dicom.load_series(source)
+    yield tracker.tick("load", 1, 1, "series loaded")
+    return volume
+
+
+def _load_model(options: AnalyzeOptions) -> Any:
+    if _is_loaded_model(options.model):
+        return options.model
+    from ctscreen.inference.models import load_model
+
+    model = options.model
+    return load_model(os.fspath(model) if isinstance(model, os.PathLike) else model, device=options.device)
+
+
+def _series_name(volume: Volume) -> str:
+    return volume.series_description or volume.series_instance_uid or "the series"
+
+
+def _constrain(lesion: np.ndarray, lung: np.ndarray) -> np.ndarray:
+    try:
+        from ctscreen.imaging.measurements import constrain_to_lung
+    except ImportError:
+        lesion[lung == 0] = 0
+        return lesion
+    return np.asarray(constrain_to_lung(lesion, lung), dtype=np.uint8)
+
+
+def _measure(volume: Volume, lesion: np.ndarray, lung: np.ndarray) -> Any:
+    try:
+        from ctscreen.imaging.measurements import measure
+    except ImportError:  # measurements land separately; the result stays usable without them
+        return None
+    return measure(lesion, lung, spacing_mm=volume.spacing_mm, z_mm=volume.z_mm,
+                   sop_instance_uids=volume.sop_instance_uids, instance_numbers=volume.instance_numbers)
+
+
+def cam_slice_indices(lesion: np.ndarray, which: str) -> list[int]:
+    """Slices that get a Grad-CAM map for ``which`` in :data:`CAM_CHOICES`."""
+    if which == "none":
+        return []
+    if which == "all":
+        return list(range(lesion.shape[0]))
+    return [int(k) for k in np.flatnonzero(lesion.reshape(lesion.shape[0], -1).any(axis=1))]
+
+
+def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | None = None
+            ) -> Generator[Progress, None, AnalysisResult]:
+    """Analyse one CT series for COVID-19 pneumonia lesions.
+
+    Parameters
+    ----------
+    source : Volume, path or SeriesInfo
+        A loaded volume, or what :func:`ctscreen.imaging.dicom.load_series` accepts.
+    options : AnalyzeOptions, optional
+
+    Yields
+    ------
+    Progress
+        After every batch; ``fraction`` never decreases.
+
+    Returns
+    -------
+    AnalysisResult
+        Immutable (arrays are read-only). ``timings_s`` has one entry per stage that ran.
+
+    Raises
+    ------
+    NotAnalysable
+        The series cannot be analysed (``Volume.not_analysable_reason``).
+    Cancelled
+        ``options.cancel`` was set; no result is produced.
+    ModelLoadError, DeviceUnavailable
+        The model or the device cannot be used.
+    """
+    options = options or AnalyzeOptions()
+    needs_load = not isinstance(source, Volume)
+    stages = (["load"] if needs_load else []) + ["model", "lung_mask", "segmentation"]
+    if options.cam != "none":
+        stages.append("gradcam")
+    stages.append("measurements")
+    tracker = _Tracker(stages, options.cancel)
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+
+    t = time.perf_counter()
+    if needs_load:
+        volume = yield from _load_volume(source, tracker)
+        timings["load"] = time.perf_counter() - t
+    else:
+        volume = source
+    if volume.not_analysable_reason:
+        raise NotAnalysable(f"{_series_name(volume)} cannot be analysed: {volume.not_analysable_reason}")
+    hu = np.asarray(volume.hu)
+    if hu.ndim != 3 or hu.shape[0] < 1 or min(hu.shape[1:]) < 16:
+        raise NotAnalysable(f"{_series_name(volume)} cannot be analysed: a (z, y, x) CT volume is needed, "
+                            f"got shape {hu.shape}")
+    tracker.check_cancel()
+
+    t = time.perf_counter()
+    yield tracker.tick("model", 0, 1, "loading model")
+    model = _load_model(options)
+    timings["model"] = time.perf_counter() - t
+    yield tracker.tick("model", 1, 1, f"model {getattr(model, 'name', '?')} on {model.device}")
+
+    t = time.perf_counter()
+    from ctscreen.imaging import lungmask
+
+    lung = yield from _relay_fraction_generator(lungmask.iter_lung_mask(volume), tracker, "lung_mask")
+    lung = np.asarray(lung, dtype=np.uint8)
+    timings["lung_mask"] = time.perf_counter() - t
+    if not lung.any():
+        warnings.append("No lung was found in this series, so no lesion can be reported; "
+                        "check that it is a chest CT that covers the lungs.")
+
+    from ctscreen.inference.segment import segment_batch, thorax_box
+
+    t = time.perf_counter()
+    box = tuple(int(v) for v in thorax_box(hu))
+    nz = hu.shape[0]
+    lesion = np.zeros(hu.shape, dtype=np.uint8)
+    lesion_prob = np.zeros(hu.shape, dtype=np.float16)
+    runner = _Runner(model, tracker, warnings)
+
+    def seg(m: Any, idx: list[int]) -> np.ndarray:
+        return segment_batch(m, hu[idx[0]:idx[-1] + 1], box, tta=options.tta)
+
+    def store_seg(idx: list[int], probs: np.ndarray) -> None:
+        sl = slice(idx[0], idx[-1] + 1)
+        probs = np.asarray(probs)
+        lesion[sl] = probs.argmax(axis=1).astype(np.uint8)
+        lesion_prob[sl] = (probs[:, GGO] + probs[:, CONSOLIDATION]).astype(np.float16)
+
+    yield tracker.tick("segmentation", 0, nz)
+    yield from runner.batched("segmentation", list(range(nz)), options.batch_size, seg, store_seg)
+    lesion = _constrain(lesion, lung)
+    timings["segmentation"] = time.perf_counter() - t
+
+    cam: dict[int, np.ndarray] = {}
+    cam_outside: dict[int, float] = {}
+    cam_layer = ""
+    if options.cam != "none":
+        from ctscreen.inference.gradcam import default_layer, gradcam_batch
+
+        t = time.perf_counter()
+        cam_layer = options.cam_layer or default_layer(runner.model)
+        todo = cam_slice_indices(lesion, options.cam)
+
+        def grad(m: Any, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+            return gradcam_batch(m, hu[idx], box, lung[idx], cam_layer)
+
+        def store_cam(idx: list[int], out: tuple[np.ndarray, np.ndarray]) -> None:
+            maps, outside = out
+            for j, k in enumerate(idx):
+                cam[k] = _freeze(np.ascontiguousarray(maps[j], dtype=np.float32))
+                cam_outside[k] = float(outside[j])
+
+        yield tracker.tick("gradcam", 0, len(todo), f"Grad-CAM 0/{len(todo)} slices")
+        yield from runner.batched("gradcam", todo, options.batch_size, grad, store_cam)
+        timings["gradcam"] = time.perf_counter() - t
+        flagged = sorted(k for k, f in cam_outside.items() if f > AnalysisResult.CAM_OUTSIDE_FLAG)
+        if flagged:
+            shown = ", ".join(str(k + 1) for k in flagged[:10]) + (" ..." if len(flagged) > 10 else "")
+            warnings.append(f"On {len(flagged)} slice(s) most of the Grad-CAM activation lies outside the lungs "
+                            f"(slice numbers {shown}): the network may be reacting to something other than "
+                            "lung lesions there.")
+
+    tracker.check_cancel()
+    t = time.perf_counter()
+    yield tracker.tick("measurements", 0, 1, "measuring")
+    measurements = _measure(volume, lesion, lung)
+    timings["measurements"] = time.perf_counter() - t
+    yield tracker.tick("measurements", 1, 1, "done")
+
+    model = runner.model
+    return AnalysisResult(
+        volume=volume,
+        lung=_freeze(lung),
+        lesion=_freeze(lesion),
+        lesion_prob=_freeze(lesion_prob),
+        measurements=measurements,
+        model_name=str(getattr(model, "name", "")),
+        model_version=str(getattr(model, "version", "")),
+        device=describe_device(model.device),
+        cam=cam,
+        cam_outside_fraction=cam_outside,
+        cam_layer=cam_layer,
+        timings_s=timings,
+        warnings=tuple(warnings),
+    )
+
+
+def run_analysis(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | None = None,
+                 on_progress: Callable[[Progress], None] | None = None) -> AnalysisResult:
+    """Drive :func:`analyze` to the end, passing each :class:`Progress` to ``on_progress``."""
+    gen = analyze(source, options)
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress is not None:
+            on_progress(p)
+
+
+__all__ = ["AnalyzeOptions", "Progress", "analyze", "run_analysis", "cam_slice_indices", "CAM_CHOICES",
+           "STAGE_WEIGHTS", "STAGE_LABELS"]

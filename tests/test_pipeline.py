@@ -1,0 +1,153 @@
+"""The analysis generator on a small synthetic chest with a random-initialised model."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from ctscreen.errors import Cancelled, NotAnalysable
+from ctscreen.imaging.result import AnalysisResult
+from ctscreen.imaging.volume import Volume
+from ctscreen.inference import segment
+from ctscreen.inference.models import load_model, save_model
+from ctscreen.inference.nets import UNet
+from ctscreen.inference.pipeline import AnalyzeOptions, Progress, analyze, cam_slice_indices, run_analysis
+
+NZ = 6
+
+
+def synthetic_volume(nz: int = NZ, n: int = 96, **kw) -> Volume:
+    """Air, an elliptic body (40 HU), two lungs (-850 HU) and a denser patch in the right lung."""
+    yy, xx = np.mgrid[:n, :n]
+    hu = np.full((nz, n, n), -1000, np.int16)
+    hu[:, ((yy - n / 2) / (0.42 * n)) ** 2 + ((xx - n / 2) / (0.46 * n)) ** 2 < 1] = 40
+    for cx in (0.3 * n, 0.7 * n):
+        hu[:, ((yy - n / 2) / (0.28 * n)) ** 2 + ((xx - cx) / (0.15 * n)) ** 2 < 1] = -850
+    hu[2:4, int(0.45 * n):int(0.55 * n), int(0.25 * n):int(0.33 * n)] = -300
+    return Volume(hu=hu, spacing_mm=(5.0, 3.0, 3.0), z_mm=tuple(5.0 * k for k in range(nz)),
+                  sop_instance_uids=tuple(f"1.2.826.0.1.3.{k}" for k in range(nz)),
+                  instance_numbers=tuple(range(1, nz + 1)), series_instance_uid="1.2.826.0.1.3",
+                  series_description="synthetic chest", **kw)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    net = UNet(channels=(4, 8, 16))
+    with torch.no_grad():  # make "lesion" win somewhere so Grad-CAM has lesion slices to explain
+        net.head.bias.copy_(torch.tensor([0.0, 0.05, -2.0]))
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model(net, "unet", path, {"version": "test-1", "input_size": 64})
+    return str(path)
+
+
+def _drain(gen):
+    ticks = []
+    while True:
+        try:
+            ticks.append(next(gen))
+        except StopIteration as stop:
+            return ticks, stop.value
+
+
+def test_analyze_yields_increasing_progress_and_an_immutable_result(model_file):
+    vol = synthetic_volume()
+    ticks, result = _drain(analyze(vol, AnalyzeOptions(model=model_file, device="cpu", batch_size=4, cam="all")))
+    assert isinstance(result, AnalysisResult)
+    assert ticks and all(isinstance(p, Progress) for p in ticks)
+    fractions = [p.fraction for p in ticks]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    for stage in ("model", "lung_mask", "segmentation", "gradcam", "measurements"):
+        done = [p.done for p in ticks if p.stage == stage]
+        assert done and done == sorted(done), stage
+    seg = [p for p in ticks if p.stage == "segmentation"]
+    assert (seg[-1].done, seg[-1].total) == (NZ, NZ)
+
+    assert result.lung.shape == result.lesion.shape == result.lesion_prob.shape == vol.shape
+    assert result.lung.dtype == np.uint8 and result.lesion.dtype == np.uint8
+    assert result.lesion_prob.dtype == np.float16
+    assert set(np.unique(result.lesion)) <= {0, 1, 2}
+    assert not result.lesion[result.lung == 0].any()  # constrained to the lung
+    assert 0 <= float(result.lesion_prob.min()) and float(result.lesion_prob.max()) <= 1.001
+    with pytest.raises(ValueError):
+        result.lesion[0, 0, 0] = 1  # read-only
+    assert result.model_name == "tiny" and result.model_version == "test-1"
+    assert result.device.startswith("cpu")
+    assert set(result.timings_s) == {"model", "lung_mask", "segmentation", "gradcam", "measurements"}
+
+    assert sorted(result.cam) == list(range(NZ))  # cam="all"
+    for k, m in result.cam.items():
+        assert m.shape == vol.shape[1:] and m.dtype == np.float32
+        assert 0.0 <= m.min() and m.max() <= 1.0
+        assert 0.0 <= result.cam_outside_fraction[k] <= 1.0
+    assert result.cam_layer == "decoder2"  # deepest decoder stage of a 3-level UNet
+
+
+def test_cam_lesions_only_and_layer_choice(model_file):
+    vol = synthetic_volume()
+    result = run_analysis(vol, AnalyzeOptions(model=model_file, device="cpu", cam="lesions", cam_layer="decoder1"))
+    assert result.cam_layer == "decoder1"
+    assert sorted(result.cam) == cam_slice_indices(result.lesion, "lesions")
+    none = run_analysis(vol, AnalyzeOptions(model=model_file, device="cpu", cam="none"))
+    assert none.cam == {} and "gradcam" not in none.timings_s
+    np.testing.assert_array_equal(none.lesion, result.lesion)
+
+
+def test_cancel_raises_and_returns_nothing(model_file):
+    cancel = threading.Event()
+    gen = analyze(synthetic_volume(), AnalyzeOptions(model=model_file, device="cpu", batch_size=1, cancel=cancel))
+    seen = []
+    with pytest.raises(Cancelled):
+        for p in gen:
+            seen.append(p)
+            if p.stage == "segmentation" and p.done == 2:
+                cancel.set()
+    assert seen[-1].stage == "segmentation" and seen[-1].done == 2  # stopped at the next batch boundary
+    with pytest.raises(StopIteration):
+        next(gen)  # the generator is finished: no result object exists
+
+
+def test_gpu_out_of_memory_halves_the_batch_then_falls_back_to_cpu(model_file, monkeypatch):
+    model = load_model(model_file, device="cpu")
+    model.device = torch.device("cuda")  # pretend; the fake below fails on any "GPU" batch
+    real = segment.segment_batch
+    tried: list[tuple[str, int]] = []
+
+    def fake_segment_batch(m, hu_slices, box, tta=True):
+        tried.append((m.device.type, len(hu_slices)))
+        if m.device.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(m, hu_slices, box, tta=tta)
+
+    monkeypatch.setattr(segment, "segment_batch", fake_segment_batch)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    result = run_analysis(synthetic_volume(), AnalyzeOptions(model=model, batch_size=4, cam="none"))
+    assert tried[:4] == [("cuda", 4), ("cuda", 2), ("cuda", 1), ("cpu", 4)]
+    assert result.device.startswith("cpu")
+    assert any("ran out of memory" in w and "CPU" in w for w in result.warnings)
+
+
+def test_other_errors_are_not_mistaken_for_out_of_memory(model_file, monkeypatch):
+    def broken(m, hu_slices, box, tta=True):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(segment, "segment_batch", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_analysis(synthetic_volume(), AnalyzeOptions(model=model_file, device="cpu", cam="none"))
+
+
+def test_not_analysable_volume_is_refused_before_any_work(model_file):
+    vol = synthetic_volume(modality="MR", not_analysable_reason="modality MR is not CT")
+    gen = analyze(vol, AnalyzeOptions(model=model_file, device="cpu"))
+    with pytest.raises(NotAnalysable, match="synthetic chest.*modality MR is not CT"):
+        next(gen)
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError):
+        AnalyzeOptions(cam="some")
+    with pytest.raises(ValueError):
+        AnalyzeOptions(batch_size=0)
