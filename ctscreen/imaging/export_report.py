@@ -1,0 +1,190 @@
+"""``report.json`` and ``report.csv`` of an analysis (schema: ``docs/report-schema.md``).
+
+Research use, not for diagnosis. Patient name and ID are left out unless asked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctscreen import RESEARCH_NOTICE, __version__
+from ctscreen.imaging.export import atomic_write
+
+#: Bump the major part on incompatible changes, the minor part on additions.
+REPORT_SCHEMA_VERSION = "1.0"
+
+#: Per-slice fields, in this order, in ``report.json`` ``slices[]`` and ``report.csv``.
+SLICE_FIELDS = (
+    "index", "slice_number", "sop_instance_uid", "instance_number", "z_mm",
+    "ggo_area_mm2", "consolidation_area_mm2", "lesion_area_mm2",
+    "lungs", "zone", "percent_of_slice_lung", "cam_flagged",
+)
+
+#: ``report.csv`` header: field name with its unit in brackets where it has one.
+CSV_COLUMNS = (
+    "index", "slice_number", "sop_instance_uid", "instance_number", "z [mm]",
+    "ggo_area [mm2]", "consolidation_area [mm2]", "lesion_area [mm2]",
+    "lungs", "zone", "percent_of_slice_lung [%]", "cam_flagged",
+)
+
+_ROW_SOURCE_FIELDS = ("index", "z_mm", "sop_instance_uid", "instance_number", "ggo_area_mm2",
+                      "consolidation_area_mm2", "lesion_area_mm2", "lungs", "zone", "percent_of_slice_lung")
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types: numpy scalars/arrays to Python, NaN/inf to ``None``, tuples to lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (Path, os.PathLike)):
+        return os.fspath(value)
+    if isinstance(value, (_dt.date, _dt.datetime)):
+        return value.isoformat()
+    return str(value)
+
+
+def _row_value(row: Any, name: str) -> Any:
+    if isinstance(row, dict):
+        return row.get(name)
+    return getattr(row, name, None)
+
+
+def report_rows(result: Any) -> list[dict[str, Any]]:
+    """The per-slice rows of ``result.measurements`` as plain dicts (fields: :data:`SLICE_FIELDS`).
+
+    Identifiers (``sop_instance_uid``, ``instance_number``, ``z_mm``) come from
+    the measurement row, falling back to the volume's per-slice tuples.
+    """
+    m = result.measurements
+    vol = result.volume
+    flagged = set(result.cam_flagged_slices()) if hasattr(result, "cam_flagged_slices") else set()
+    rows = []
+    for r in (getattr(m, "rows", None) or ()):
+        d = {name: _row_value(r, name) for name in _ROW_SOURCE_FIELDS}
+        k = int(d["index"])
+        if d["sop_instance_uid"] is None and k < len(vol.sop_instance_uids):
+            d["sop_instance_uid"] = vol.sop_instance_uids[k]
+        if d["instance_number"] is None and k < len(vol.instance_numbers):
+            d["instance_number"] = vol.instance_numbers[k]
+        if d["z_mm"] is None and k < len(vol.z_mm):
+            d["z_mm"] = vol.z_mm[k]
+        d["slice_number"] = k + 1
+        d["cam_flagged"] = k in flagged
+        rows.append({name: _jsonable(d[name]) for name in SLICE_FIELDS})
+    return rows
+
+
+def _totals(measurements: Any) -> dict[str, Any]:
+    to_dict = getattr(measurements, "to_dict", None)
+    if callable(to_dict):
+        d = dict(to_dict())
+    elif dataclasses.is_dataclass(measurements):
+        d = dataclasses.asdict(measurements)
+    else:
+        d = {}
+    d.pop("rows", None)  # the rows go to ``slices`` with identifiers attached
+    return _jsonable(d)
+
+
+def build_report(result: Any, include_patient: bool = False,
+                 created: _dt.datetime | None = None) -> dict[str, Any]:
+    """The ``report.json`` content (see ``docs/report-schema.md``).
+
+    Parameters
+    ----------
+    result : AnalysisResult
+    include_patient : bool
+        Add ``series.patient_name`` and ``series.patient_id``. Off by default.
+    created : datetime, optional
+        Creation time (default: now, UTC).
+    """
+    vol = result.volume
+    created = created or _dt.datetime.now(_dt.timezone.utc)
+    series: dict[str, Any] = {
+        "study_instance_uid": vol.study_instance_uid,
+        "series_instance_uid": vol.series_instance_uid,
+        "series_description": vol.series_description,
+        "modality": vol.modality,
+        "frame_of_reference_uid": vol.frame_of_reference_uid,
+        "slice_count": int(vol.shape[0]),
+        "rows": int(vol.shape[1]),
+        "columns": int(vol.shape[2]),
+        "spacing_mm": [float(s) for s in vol.spacing_mm],
+        "z_first_mm": float(vol.z_mm[0]) if len(vol.z_mm) else None,
+        "z_last_mm": float(vol.z_mm[-1]) if len(vol.z_mm) else None,
+        "volume_warnings": list(vol.warnings),
+    }
+    if include_patient:
+        series["patient_name"] = str(vol.patient_name)
+        series["patient_id"] = str(vol.patient_id)
+    flagged = result.cam_flagged_slices() if hasattr(result, "cam_flagged_slices") else []
+    report = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "ctscreen_version": __version__,
+        "research_notice": RESEARCH_NOTICE,
+        "created": created.isoformat(timespec="seconds"),
+        "series": series,
+        "model": {
+            "name": result.model_name,
+            "version": result.model_version,
+            "device": result.device,
+        },
+        "timings_s": {str(k): float(v) for k, v in dict(result.timings_s).items()},
+        "warnings": list(result.warnings),
+        "totals": _totals(result.measurements),
+        "slices": report_rows(result),
+        "gradcam": {
+            "layer": getattr(result, "cam_layer", ""),
+            "computed_slices": sorted(int(k) for k in getattr(result, "cam", {}) or {}),
+            "outside_lung_threshold": float(getattr(result, "CAM_OUTSIDE_FLAG", 0.5)),
+            "flagged_slices": [
+                {
+                    "index": int(k),
+                    "slice_number": int(k) + 1,
+                    "sop_instance_uid": vol.sop_instance_uids[k] if k < len(vol.sop_instance_uids) else None,
+                    "outside_lung_fraction": _jsonable(float(result.cam_outside_fraction[k])),
+                }
+                for k in flagged
+            ],
+        },
+    }
+    return _jsonable(report)
+
+
+def write_report_json(result: Any, path: str | os.PathLike, force: bool = False,
+                      include_patient: bool = False) -> Path:
+    """Write ``report.json`` (UTF-8, indented) atomically; returns the path."""
+    text = json.dumps(build_report(result, include_patient=include_patient), indent=2, ensure_ascii=False,
+                      allow_nan=False)
+    return atomic_write(path, text + "\n", force=force)
+
+
+def write_report_csv(result: Any, path: str | os.PathLike, force: bool = False) -> Path:
+    """Write ``report.csv``: one header row (:data:`CSV_COLUMNS`, units in brackets), one row per slice."""
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for row in report_rows(result):
+        w.writerow(["" if row[f] is None else row[f] for f in SLICE_FIELDS])
+    return atomic_write(path, buf.getvalue(), force=force)

@@ -1,0 +1,208 @@
+"""DICOM Segmentation (SEG) export of the lesion mask via highdicom.
+
+Research use, not for diagnosis.
+
+One BINARY SEG instance with two segments (1 ground-glass opacity,
+2 consolidation), derived from the source CT series. The lesion mask is in the
+volume's display order, which the loader may have flipped relative to the
+stored pixels; every slice is mapped back to its source image through
+``Volume.sop_instance_uids`` and the flips (or a transpose) are undone by
+comparing the stored Image Orientation (Patient) with ``Volume.direction``,
+so each SEG frame lies pixel-for-pixel on its source image. Only frames with
+lesions are stored. The source files are read (headers only) and never modified.
+
+As a DICOM object of the same patient and study, the SEG carries the source's
+patient module (name, ID) - that is how DICOM links it to the study.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from ctscreen import RESEARCH_NOTICE, __version__
+from ctscreen.errors import ExportError
+from ctscreen.imaging.export import atomic_write
+from ctscreen.imaging.result import CONSOLIDATION, GGO
+
+#: Segmented Property Category: SCT 49755003 "Morphologically Abnormal Structure" (CID 7150).
+CATEGORY = codes.SCT.MorphologicallyAbnormalStructure
+#: Segmented Property Type of segment 1: DCM 112120 "Ground glass opacity" (CID 6104).
+GGO_TYPE = codes.DCM.GroundGlassOpacity
+#: Segmented Property Type of segment 2: SCT 95436008 "Lung consolidation".
+CONSOLIDATION_TYPE = Code("95436008", "SCT", "Lung consolidation")
+SEGMENT_LABELS = {GGO: "Ground-glass opacity", CONSOLIDATION: "Consolidation"}
+DEFAULT_SERIES_NUMBER = 9901
+
+# Type 2 attributes highdicom copies from the source; some scanners omit them.
+_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                 "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+def display_to_stored(mask_yx: np.ndarray, iop: Sequence[float], direction: np.ndarray,
+                      stored_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Map a display-order slice back to the stored pixel grid of its source image.
+
+    Parameters
+    ----------
+    mask_yx : ndarray, (y, x)
+        A slice in the volume's display order.
+    iop : sequence of 6 float
+        The source's Image Orientation (Patient): row vector (direction of
+        increasing column index) then column vector (increasing row index).
+    direction : ndarray, (3, 3)
+        ``Volume.direction`` (columns: LPS vectors of array axes z, y, x).
+    stored_shape : (rows, columns), optional
+        Checked against the result.
+
+    Raises
+    ------
+    ExportError
+        The display axes are not the stored axes up to flips and a transpose.
+    """
+    d = np.asarray(direction, dtype=float)
+    dy, dx = d[:, 1], d[:, 2]
+    r = np.asarray(iop[:3], dtype=float)  # stored axis 1
+    c = np.asarray(iop[3:6], dtype=float)  # stored axis 0
+    m = np.array([[c @ dy, c @ dx], [r @ dy, r @ dx]])  # [stored axis, display axis]
+    tol = 0.99
+    if abs(m[0, 0]) > tol and abs(m[1, 1]) > tol:
+        out = mask_yx
+        if m[0, 0] < 0:
+            out = out[::-1, :]
+        if m[1, 1] < 0:
+            out = out[:, ::-1]
+    elif abs(m[0, 1]) > tol and abs(m[1, 0]) > tol:
+        out = mask_yx.T
+        if m[0, 1] < 0:
+            out = out[::-1, :]
+        if m[1, 0] < 0:
+            out = out[:, ::-1]
+    else:
+        raise ExportError("the volume's orientation does not match the source images' Image Orientation "
+                          "(Patient) up to flips \u2014 a SEG cannot reference them; export PNG/report instead")
+    out = np.ascontiguousarray(out)
+    if stored_shape is not None and tuple(out.shape) != tuple(stored_shape):
+        raise ExportError(f"slice shape {out.shape} does not match the source image ({stored_shape[0]}x"
+                          f"{stored_shape[1]}) \u2014 the volume was resampled; a SEG needs the original grid")
+    return out
+
+
+def _source_datasets(volume: Any) -> list[Any]:
+    """One header dataset (no pixel data) per display slice, matched by SOP Instance UID.
+
+    Read from ``volume.source_files``; falls back to copies of ``volume.headers``.
+    """
+    uids = [str(u) for u in volume.sop_instance_uids]
+    if len(uids) != volume.shape[0] or not all(uids):
+        raise ExportError("the volume has no SOP Instance UID per slice \u2014 a SEG needs the source DICOM images")
+    by_uid: dict[str, Any] = {}
+    wanted = set(uids)
+    for f in volume.source_files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file: fall back below
+            raise ExportError(f"cannot read source image {f}: {exc} \u2014 was it moved or deleted?") from exc
+        uid = str(ds.get("SOPInstanceUID", ""))
+        if uid in wanted:
+            by_uid[uid] = ds
+    if len(by_uid) < len(wanted):
+        for h in volume.headers:
+            uid = str(getattr(h, "SOPInstanceUID", ""))
+            if uid in wanted and uid not in by_uid:
+                by_uid[uid] = copy.deepcopy(h)
+    missing = [u for u in uids if u not in by_uid]
+    if missing:
+        raise ExportError(f"{len(missing)} source image(s) of the series were not found (first: {missing[0]}) "
+                          "\u2014 keep the original DICOM files next to the analysis")
+    out = []
+    for u in uids:
+        ds = by_uid[u]
+        for kw in _TYPE2_COPIED:  # on our in-memory copy only
+            if kw not in ds:
+                setattr(ds, kw, "")
+        out.append(ds)
+    return out
+
+
+def build_seg(result: Any, series_number: int = DEFAULT_SERIES_NUMBER,
+              series_description: str | None = None) -> Any:
+    """Build the ``highdicom.seg.Segmentation`` of ``result.lesion`` (not written).
+
+    Raises
+    ------
+    ExportError
+        Sources missing, geometry mismatch, or highdicom refused the input.
+    """
+    import highdicom as hd
+
+    vol = result.volume
+    lesion = np.asarray(result.lesion)
+    if lesion.shape != vol.shape:
+        raise ExportError(f"lesion mask shape {lesion.shape} does not match the volume {vol.shape}")
+    sources = _source_datasets(vol)
+    frames = []
+    for k, ds in enumerate(sources):
+        sl = np.where((lesion[k] == GGO) | (lesion[k] == CONSOLIDATION), lesion[k], 0).astype(np.uint8)
+        frames.append(display_to_stored(sl, ds.ImageOrientationPatient, vol.direction, (int(ds.Rows), int(ds.Columns))))
+    pixel_array = np.stack(frames)
+    if not pixel_array.any():
+        raise ExportError("no lesions were found, so there is nothing to store in a DICOM SEG \u2014 "
+                          "export the report instead")
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=str(result.model_name or "ctscreen")[:64],
+        family=codes.DCM.ArtificialIntelligence,
+        version=str(result.model_version or __version__)[:64],
+        source="ctscreen",
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=label, segment_label=SEGMENT_LABELS[label],
+            segmented_property_category=CATEGORY, segmented_property_type=ptype,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=hd.UID(), tracking_id=f"ctscreen {SEGMENT_LABELS[label]}",
+        )
+        for label, ptype in ((GGO, GGO_TYPE), (CONSOLIDATION, CONSOLIDATION_TYPE))
+    ]
+    desc = series_description or f"ctscreen lesions {result.model_name}"[:64]
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=pixel_array,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=int(series_number),
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="ctscreen",
+            manufacturer_model_name="ctscreen",
+            software_versions=__version__,
+            device_serial_number="0",
+            content_label="LESIONS",
+            content_description=RESEARCH_NOTICE[:64],
+            series_description=desc[:64],
+            omit_empty_frames=True,
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ExportError(f"highdicom could not build the SEG for series {vol.series_instance_uid}: {exc}") from exc
+    return seg
+
+
+def write_seg(result: Any, path: str | os.PathLike, force: bool = False,
+              series_number: int = DEFAULT_SERIES_NUMBER, series_description: str | None = None) -> Path:
+    """Build the DICOM SEG of ``result`` and write it atomically to ``path``; returns the path."""
+    target = Path(path)
+    if target.exists() and not force:  # refuse before the (slow) build
+        raise ExportError(f"{target} exists \u2014 use --force to overwrite")
+    seg = build_seg(result, series_number=series_number, series_description=series_description)
+    return atomic_write(target, lambda fh: seg.save_as(fh, enforce_file_format=True), force=force)
