@@ -26,19 +26,28 @@ def read_gray(path: Path) -> np.ndarray:
     return img
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Read a mask as labels: 0/255 binary -> 0/1; palette 0/1/2 -> 0/1/2."""
+def read_mask_kind(path: Path) -> tuple[np.ndarray, bool]:
+    """Read a mask as labels and say whether it is multi-class.
+
+    0/255 binary masks become 0/1 (``multiclass`` False); masks stored with the
+    values 0/1/2 themselves (palette indices or grey values) are multi-class.
+    """
     from PIL import Image
 
-    with Image.open(path) as im:
-        if im.mode == "P":
-            arr = np.asarray(im)  # palette indices are the class labels
-        else:
-            arr = np.asarray(im.convert("L"))
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im) if im.mode == "P" else np.asarray(im.convert("L"))
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{path}: cannot read mask ({exc})") from exc
     arr = arr.astype(np.uint8)
     if arr.max() > 2:
-        arr = (arr >= 128).astype(np.uint8)
-    return arr
+        return (arr >= 128).astype(np.uint8), False
+    return arr, True
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Read a mask as labels: 0/255 binary -> 0/1; 0/1/2 multi-class kept."""
+    return read_mask_kind(path)[0]
 
 
 def paired_files(images: Path, masks: Path) -> tuple[list[tuple[Path, Path]], list[str], list[str]]:
