@@ -1,0 +1,924 @@
+"""DICOM series engine: find the series in a folder and load one as a :class:`Volume`.
+
+Two steps, both usable without Qt:
+
+* :func:`scan_folder` reads headers only and groups images into series
+  (:class:`SeriesInfo`), one per SeriesInstanceUID, split further when one UID
+  mixes image sizes or orientations.
+* :func:`iter_load_series` decodes one series in a thread pool, yielding
+  :class:`LoadProgress` (the first one carrying a displayable slice) and
+  returning the :class:`~ctscreen.imaging.volume.Volume`; :func:`load_series`
+  drives it.
+
+Geometry follows the standard, as 3D Slicer's ``DICOMUtils`` does: slices are
+ordered by projecting ImagePositionPatient (C.7.6.2.1.1) onto the slice normal
+(the cross product of the two ImageOrientationPatient vectors); the z spacing is
+the median distance between neighbouring positions, never SliceThickness.
+
+Slice order convention
+----------------------
+Index 0 is the slice farthest along the positive direction of the patient axis
+the normal is closest to. For an axial CT that is **+z (head): ``hu[0]`` is the
+most superior slice and the index grows towards the feet** -- the order in which
+scanners number a chest CT, and the slice the viewer shows first. ``z_mm[k]`` is
+the position of slice ``k`` along that positive normal (the LPS z coordinate
+for an untilted axial series), so ``z_mm`` decreases with ``k``.
+When positions are missing the slices follow InstanceNumber (ascending) instead,
+and a warning says so.
+
+Modality LUT (rescale slope/intercept, PS3.3 C.11.1) is applied; arrays are
+flipped (and if need be transposed) in-plane into radiological display order,
+see :mod:`ctscreen.imaging.volume`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from ctscreen.errors import Cancelled, NotADicomSeries, UnsupportedTransferSyntax
+from ctscreen.imaging.volume import Volume
+
+__all__ = [
+    "LoadProgress",
+    "ScanResult",
+    "SeriesInfo",
+    "find_series",
+    "iter_load_series",
+    "load_series",
+    "scan_folder",
+]
+
+#: Objects that carry no viewable image (or whose pixels are not an image).
+NON_IMAGE_MODALITIES = frozenset(
+    {"RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "KO", "PR", "SEG", "REG", "FID", "DOC", "AU", "ECG"}
+)
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+#: A normal within this angle of the patient z axis counts as axial.
+AXIAL_MAX_TILT_DEG = 30.0
+#: Neighbouring slices closer than this along the normal are duplicates.
+DUPLICATE_TOL_MM = 0.01
+#: Spacing that differs from the median by more than this is "uneven".
+UNEVEN_TOL_MM = 0.05
+MIN_SLICES_FOR_ANALYSIS = 3
+
+# Which installable plugin decodes which transfer syntax (for error messages).
+_PLUGIN_HINTS = {
+    "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg (or python-gdcm)",
+    "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg (or python-gdcm)",
+    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg (or python-gdcm)",
+    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg (or python-gdcm)",
+    "1.2.840.10008.1.2.4.80": "pylibjpeg-libjpeg (or python-gdcm)",
+    "1.2.840.10008.1.2.4.81": "pylibjpeg-libjpeg (or python-gdcm)",
+    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg (or python-gdcm)",
+    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg (or python-gdcm)",
+    "1.2.840.10008.1.2.4.201": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.202": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.5": "pylibjpeg-rle",
+}
+
+# JPEG process 1/2/4/14 streams that imagecodecs' libjpeg-turbo decodes with the
+# GIL released (about 10x faster than pylibjpeg-libjpeg, which holds the GIL).
+_FAST_JPEG_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
+     "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
+)
+try:  # optional accelerator; pydicom + pylibjpeg remain the reference path
+    from imagecodecs import jpeg8_decode as _jpeg8_decode
+except Exception:  # pragma: no cover - depends on the environment
+    _jpeg8_decode = None
+
+
+class CancelFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """One 2-D image: a single-frame file, or one frame of a multi-frame file."""
+
+    path: str
+    frame: int | None  # None: single-frame file
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None
+    instance_number: int | None
+    sop_instance_uid: str
+    slope: float
+    intercept: float
+    header: Any = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One image series found by :func:`scan_folder` (headers only).
+
+    ``key`` is unique within a scan even when one SeriesInstanceUID was split
+    (by image size or orientation): it is the UID, or ``UID#n`` after a split.
+    ``analysable_reason`` is ``""`` for an axial CT series that can be analysed,
+    else the reason it cannot (it can still be viewed).
+    """
+
+    key: str
+    series_instance_uid: str
+    study_instance_uid: str
+    modality: str
+    series_description: str
+    files: tuple[str, ...]
+    slice_count: int
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float] | None
+    z_spacing_mm: float | None
+    orientation: tuple[float, ...] | None
+    plane: str
+    transfer_syntaxes: tuple[str, ...]
+    samples_per_pixel: int
+    warnings: tuple[str, ...]
+    analysable_reason: str
+    frames: tuple[_Frame, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def analysable(self) -> bool:
+        return not self.analysable_reason
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (used by ``ctscreen info --json``)."""
+        return {
+            "key": self.key,
+            "series_instance_uid": self.series_instance_uid,
+            "study_instance_uid": self.study_instance_uid,
+            "modality": self.modality,
+            "series_description": self.series_description,
+            "slice_count": self.slice_count,
+            "file_count": len(self.files),
+            "rows": self.rows,
+            "columns": self.columns,
+            "pixel_spacing_mm": list(self.pixel_spacing) if self.pixel_spacing else None,
+            "z_spacing_mm": self.z_spacing_mm,
+            "orientation": list(self.orientation) if self.orientation else None,
+            "plane": self.plane,
+            "transfer_syntaxes": list(self.transfer_syntaxes),
+            "warnings": list(self.warnings),
+            "analysable": self.analysable,
+            "analysable_reason": self.analysable_reason,
+        }
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What :func:`scan_folder` found: image series (analysable, largest CT first),
+    the number of non-DICOM files ignored, and notes (skipped objects, bad files)."""
+
+    series: list[SeriesInfo]
+    ignored_count: int = 0
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    """Progress of :func:`iter_load_series`.
+
+    ``first_slice`` is set once, as soon as slice 0 (the first slice in the
+    documented z order, in HU and display orientation) is decoded, so a viewer
+    can show it before the rest of the series arrives.
+    """
+
+    done: int
+    total: int
+    first_slice: np.ndarray | None = None
+    message: str = ""
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+def _looks_like_dicom(path: str) -> bool:
+    """Cheap sniff: a Part 10 preamble, or a headless dataset starting with a
+    group 0002/0008 element in either byte order."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True
+    return len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00", b"\x00\x08", b"\x00\x02")
+
+
+def _iter_files(root: Path) -> Iterable[str]:
+    if root.is_file():
+        yield str(root)
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield os.path.join(dirpath, name)
+
+
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    if len(out) != n or not all(np.isfinite(out)):
+        return None
+    return out
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float_or(value: Any, default: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return default
+    return v if np.isfinite(v) else default
+
+
+def _functional_group(ds: Dataset, index: int, keyword: str) -> Dataset | None:
+    """Item of a functional group macro for one frame (per-frame wins over shared)."""
+    for groups_kw, i in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
+        groups = ds.get(groups_kw)
+        if groups is None or len(groups) <= i:
+            continue
+        seq = groups[i].get(keyword)
+        if seq:
+            return seq[0]
+    return None
+
+
+def _frames_of(path: str, ds: Dataset) -> list[_Frame]:
+    n_frames = _int_or_none(ds.get("NumberOfFrames")) or 1
+    sop = str(ds.get("SOPInstanceUID", "")) or path
+    inst = _int_or_none(ds.get("InstanceNumber"))
+    slope = _float_or(ds.get("RescaleSlope"), 1.0)
+    intercept = _float_or(ds.get("RescaleIntercept"), 0.0)
+    if slope == 0.0:
+        slope = 1.0
+    enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+    if not enhanced:
+        pos = _floats(ds.get("ImagePositionPatient"), 3)
+        ori = _floats(ds.get("ImageOrientationPatient"), 6)
+        ps = _floats(ds.get("PixelSpacing"), 2)
+        if n_frames == 1:
+            return [_Frame(path, None, pos, ori, ps, inst, sop, slope, intercept, ds)]
+        # Legacy multi-frame (MR, NM...): no per-frame geometry; frames in file order.
+        return [_Frame(path, i, None, ori, ps, i + 1, f"{sop}#{i + 1}", slope, intercept, ds)
+                for i in range(n_frames)]
+    frames = []
+    for i in range(n_frames):
+        pp = _functional_group(ds, i, "PlanePositionSequence")
+        po = _functional_group(ds, i, "PlaneOrientationSequence")
+        pm = _functional_group(ds, i, "PixelMeasuresSequence")
+        pv = _functional_group(ds, i, "PixelValueTransformationSequence")
+        fc = _functional_group(ds, i, "FrameContentSequence")
+        f_slope = _float_or(pv.get("RescaleSlope"), slope) if pv is not None else slope
+        frames.append(_Frame(
+            path, i,
+            _floats(pp.get("ImagePositionPatient"), 3) if pp is not None else None,
+            _floats(po.get("ImageOrientationPatient"), 6) if po is not None else None,
+            _floats(pm.get("PixelSpacing"), 2) if pm is not None else None,
+            (_int_or_none(fc.get("InStackPositionNumber")) if fc is not None else None) or i + 1,
+            f"{sop}#{i + 1}",
+            f_slope if f_slope != 0.0 else 1.0,
+            _float_or(pv.get("RescaleIntercept"), intercept) if pv is not None else intercept,
+            ds,
+        ))
+    return frames
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts:
+        return str(ts)
+    # Headless file: pydicom guessed the encoding while reading.
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        implicit, little = ds.is_implicit_VR, ds.is_little_endian
+    if little is False:
+        return "1.2.840.10008.1.2.2"
+    return "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1"
+
+
+def _decoder_problem(ts: str) -> str:
+    """'' when pydicom can decode ``ts`` here, else what to install."""
+    uid = UID(ts)
+    if not uid.is_compressed:
+        return ""
+    try:
+        decoder = pydicom.pixels.get_decoder(uid)
+    except NotImplementedError:
+        return (f"pixel data in transfer syntax {uid.name} ({ts}) cannot be decoded by any "
+                "pydicom plugin; convert the series (e.g. with dcmdjpeg/gdcmconv) and try again")
+    if decoder.is_available:
+        return ""
+    hint = _PLUGIN_HINTS.get(ts, "python-gdcm")
+    return (f"pixel data in transfer syntax {uid.name} ({ts}) needs a decoder that is not "
+            f"installed: install {hint}")
+
+
+def _unit(v: Iterable[float]) -> np.ndarray:
+    a = np.asarray(tuple(v), dtype=float)
+    n = np.linalg.norm(a)
+    return a / n if n > 0 else a
+
+
+def _normal(orientation: tuple[float, ...]) -> np.ndarray:
+    return _unit(np.cross(orientation[:3], orientation[3:]))
+
+
+def _plane(orientation: tuple[float, ...] | None) -> str:
+    if orientation is None:
+        return "unknown"
+    n = np.abs(_normal(orientation))
+    axis = int(np.argmax(n))
+    if n[axis] < np.cos(np.deg2rad(AXIAL_MAX_TILT_DEG)):
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]
+
+
+def _analysable_reason(modality: str, spp: int, orientation: tuple[float, ...] | None,
+                       n_slices: int) -> str:
+    reasons = []
+    if modality != "CT":
+        reasons.append(f"modality is {modality or 'unknown'}, not CT")
+    if spp != 1:
+        reasons.append("colour (RGB) images, not CT densities")
+    plane = _plane(orientation)
+    if plane == "unknown":
+        reasons.append("slice orientation unknown (no ImageOrientationPatient)")
+    elif plane != "axial":
+        reasons.append(f"not an axial series ({plane} slices)")
+    if n_slices < MIN_SLICES_FOR_ANALYSIS:
+        reasons.append("too few slices for a 3-D analysis")
+    return "; ".join(reasons)
+
+
+@dataclass(frozen=True)
+class _Arrangement:
+    frames: tuple[_Frame, ...]  # deduplicated, in volume z order
+    z_mm: tuple[float, ...]
+    z_spacing_mm: float
+    axis0: np.ndarray | None  # LPS unit vector of increasing slice index
+    warnings: tuple[str, ...]
+
+
+def _arrange(frames: list[_Frame]) -> _Arrangement:
+    """Order frames along the normal, find duplicates, gaps and the z spacing."""
+    warnings: list[str] = []
+    ori = next((f.orientation for f in frames if f.orientation is not None), None)
+    have_pos = ori is not None and all(f.position is not None for f in frames)
+    if have_pos:
+        n = _normal(ori)
+        if n[int(np.argmax(np.abs(n)))] < 0:
+            n = -n
+        s = np.array([np.dot(f.position, n) for f in frames])
+        order = sorted(range(len(frames)),
+                       key=lambda i: (-s[i], frames[i].instance_number or 0, frames[i].path))
+        kept = [order[0]] if order else []
+        dups = []
+        for i in order[1:]:
+            if abs(s[kept[-1]] - s[i]) < DUPLICATE_TOL_MM:
+                dups.append(i)
+            else:
+                kept.append(i)
+        if dups:
+            names = ", ".join(Path(frames[i].path).name for i in dups[:5])
+            more = f" and {len(dups) - 5} more" if len(dups) > 5 else ""
+            warnings.append(f"{len(dups)} slice(s) duplicate the position of another slice; kept one "
+                            f"of each and skipped {names}{more}")
+        z = s[kept]
+        diffs = -np.diff(z)
+        if len(diffs):
+            med = float(np.median(diffs))
+            k_gaps = np.nonzero(diffs > 1.5 * med)[0]
+            for k in k_gaps[:5]:
+                warnings.append(f"gap of {diffs[k]:.2f} mm between slices {k} and {k + 1} "
+                                f"(z {z[k]:.2f} -> {z[k + 1]:.2f} mm; expected {med:.2f} mm): "
+                                f"about {int(round(diffs[k] / med)) - 1} slice(s) missing")
+            if len(k_gaps) > 5:
+                warnings.append(f"{len(k_gaps) - 5} more gaps")
+            uneven = np.abs(diffs - med) > UNEVEN_TOL_MM
+            uneven[k_gaps] = False
+            if uneven.any():
+                warnings.append(f"uneven slice spacing: {diffs.min():.2f} to {diffs.max():.2f} mm "
+                                f"(median {med:.2f} mm used for the volume)")
+        else:
+            med = _float_or(frames[kept[0]].header.get("SpacingBetweenSlices"), 1.0) if kept else 1.0
+        return _Arrangement(tuple(frames[i] for i in kept), tuple(float(v) for v in z),
+                            med, -n, tuple(warnings))
+    # No geometry: InstanceNumber order (PS3.3 says it is not geometry, hence the warning).
+    order = sorted(range(len(frames)),
+                   key=lambda i: (frames[i].instance_number is None, frames[i].instance_number or 0,
+                                  frames[i].path, frames[i].frame or 0))
+    sbs = _float_or(frames[0].header.get("SpacingBetweenSlices"), 0.0) if frames else 0.0
+    spacing = sbs if sbs > 0 else 1.0
+    if len(frames) > 1:
+        missing = sum(f.position is None for f in frames)
+        what = ("ImageOrientationPatient missing" if ori is None
+                else f"ImagePositionPatient missing in {missing} of {len(frames)} slices")
+        warnings.append(f"{what}: slices ordered by InstanceNumber, z spacing "
+                        + (f"{spacing:g} mm from SpacingBetweenSlices" if sbs > 0 else "unknown (1 mm assumed)")
+                        + "; distances along z are not reliable")
+    axis0 = None
+    if ori is not None:
+        n = _normal(ori)
+        axis0 = -n if n[int(np.argmax(np.abs(n)))] > 0 else n
+    z = tuple(-k * spacing for k in range(len(order)))
+    return _Arrangement(tuple(frames[i] for i in order), z, spacing, axis0, tuple(warnings))
+
+
+def _series_info(key: str, frames: list[_Frame], extra_warnings: list[str]) -> SeriesInfo:
+    hdr = frames[0].header
+    arr = _arrange(frames)
+    modality = str(hdr.get("Modality", "") or "")
+    spp = _int_or_none(hdr.get("SamplesPerPixel")) or 1
+    ori = frames[0].orientation
+    files = tuple(dict.fromkeys(f.path for f in frames))
+    syntaxes = tuple(sorted({_transfer_syntax(f.header) for f in frames}))
+    warnings = list(extra_warnings) + list(arr.warnings)
+    for ts in syntaxes:
+        problem = _decoder_problem(ts)
+        if problem:
+            warnings.append(problem)
+    return SeriesInfo(
+        key=key,
+        series_instance_uid=str(hdr.get("SeriesInstanceUID", "")),
+        study_instance_uid=str(hdr.get("StudyInstanceUID", "")),
+        modality=modality,
+        series_description=str(hdr.get("SeriesDescription", "") or ""),
+        files=files,
+        slice_count=len(arr.frames),
+        rows=int(hdr.Rows),
+        columns=int(hdr.Columns),
+        pixel_spacing=frames[0].pixel_spacing,
+        z_spacing_mm=round(arr.z_spacing_mm, 4) if len(arr.frames) > 1 and arr.axis0 is not None else None,
+        orientation=ori,
+        plane=_plane(ori),
+        transfer_syntaxes=syntaxes,
+        samples_per_pixel=spp,
+        warnings=tuple(warnings),
+        analysable_reason=_analysable_reason(modality, spp, ori, len(arr.frames)),
+        frames=tuple(frames),
+    )
+
+
+def _series_sort_key(s: SeriesInfo) -> tuple:
+    return (s.modality != "CT", bool(s.analysable_reason), -s.slice_count, s.key)
+
+
+def scan_folder(path: str | os.PathLike[str]) -> ScanResult:
+    """Find the DICOM image series under ``path`` (a folder, walked recursively, or one file).
+
+    Reads headers only. Files that are not DICOM are ignored silently and
+    counted; unreadable DICOM files and non-image objects (RTSTRUCT, SEG, SR...)
+    are skipped with a note in ``ScanResult.warnings``.
+
+    Returns
+    -------
+    ScanResult
+        ``series`` sorted largest CT first (analysable ones before the others).
+
+    Raises
+    ------
+    NotADicomSeries
+        When ``path`` does not exist.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise NotADicomSeries(f"{root} does not exist — choose a folder with a CT series")
+    ignored = 0
+    notes: list[str] = []
+    skipped: dict[str, list[str]] = {}
+    # uid -> list of clusters; a cluster is (signature, frames)
+    groups: dict[str, list[tuple[tuple, list[_Frame]]]] = {}
+    for fpath in _iter_files(root):
+        if not _looks_like_dicom(fpath):
+            ignored += 1
+            continue
+        try:
+            ds = pydicom.dcmread(fpath, stop_before_pixels=True, force=True)
+        except Exception as exc:  # corrupt header: say which file, go on
+            notes.append(f"{fpath}: unreadable DICOM header ({type(exc).__name__}: {exc}) — skipped")
+            continue
+        if not any(k in ds for k in ("SOPClassUID", "Modality", "Rows", "SeriesInstanceUID")):
+            ignored += 1  # parsed with force=True but holds nothing DICOM-like
+            continue
+        sop_class = str(ds.get("SOPClassUID", "")
+                        or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
+        modality = str(ds.get("Modality", "") or "")
+        if sop_class == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+            skipped.setdefault("DICOMDIR (folder index)", []).append(fpath)
+            continue
+        if (modality in NON_IMAGE_MODALITIES or sop_class == _SEG_SOP_CLASS
+                or "Rows" not in ds or "Columns" not in ds):
+            skipped.setdefault(modality or "non-image", []).append(fpath)
+            continue
+        try:
+            frames = _frames_of(fpath, ds)
+            rows, cols = int(ds.Rows), int(ds.Columns)
+        except Exception as exc:
+            notes.append(f"{fpath}: unusable image header ({type(exc).__name__}: {exc}) — skipped")
+            continue
+        uid = str(ds.get("SeriesInstanceUID", "") or f"(no SeriesInstanceUID) {Path(fpath).parent}")
+        spp = _int_or_none(ds.get("SamplesPerPixel")) or 1
+        multi = frames[0].frame is not None
+        ori = frames[0].orientation
+        clusters = groups.setdefault(uid, [])
+        for sig, members in clusters:
+            s_rows, s_cols, s_spp, s_multi, s_ori = sig
+            same_ori = (ori is None and s_ori is None) or (
+                ori is not None and s_ori is not None and max(abs(a - b) for a, b in zip(ori, s_ori)) < 1e-3)
+            if (s_rows, s_cols, s_spp) == (rows, cols, spp) and not multi and not s_multi and same_ori:
+                members.extend(frames)
+                break
+        else:
+            clusters.append(((rows, cols, spp, multi, ori), list(frames)))
+    for kind, paths in skipped.items():
+        names = ", ".join(Path(p).name for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        notes.append(f"skipped {len(paths)} {kind} object(s) without a viewable image: {names}")
+    series: list[SeriesInfo] = []
+    for uid, clusters in groups.items():
+        for i, ((rows, cols, spp, multi, ori), frames) in enumerate(clusters):
+            split_note = []
+            if len(clusters) > 1:
+                split_note = [f"SeriesInstanceUID {uid} mixes image sizes or orientations; "
+                              f"split into {len(clusters)} series (this is part {i + 1}: "
+                              f"{rows}x{cols}, {_plane(ori)})"]
+            key = uid if len(clusters) == 1 else f"{uid}#{i + 1}"
+            series.append(_series_info(key, frames, split_note))
+    series.sort(key=_series_sort_key)
+    return ScanResult(series=series, ignored_count=ignored, warnings=tuple(notes))
+
+
+def no_series_error(path: str | os.PathLike[str], scan: ScanResult) -> NotADicomSeries:
+    """The error for a path without image series (shared by loader and CLI)."""
+    extra = f"; {scan.warnings[0]}" if scan.warnings else ""
+    return NotADicomSeries(
+        f"{path} contains no DICOM images ({scan.ignored_count} files ignored{extra}) "
+        "— choose a folder with a CT series")
+
+
+def find_series(scan: ScanResult, key_or_uid: str) -> SeriesInfo:
+    """The series whose ``key`` or SeriesInstanceUID is ``key_or_uid``."""
+    for s in scan.series:
+        if key_or_uid in (s.key, s.series_instance_uid):
+            return s
+    raise NotADicomSeries(f"no series {key_or_uid} here; found: "
+                          + ", ".join(f"{s.key} ({s.modality}, {s.slice_count} slices)" for s in scan.series))
+
+
+def _pick_series(path: str | os.PathLike[str]) -> tuple[SeriesInfo, tuple[str, ...]]:
+    scan = scan_folder(path)
+    if not scan.series:
+        raise no_series_error(path, scan)
+    if len(scan.series) == 1:
+        return scan.series[0], scan.warnings
+    ct = [s for s in scan.series if s.modality == "CT"]
+    if not ct:
+        raise NotADicomSeries(
+            f"{path} holds {len(scan.series)} image series but no CT series ("
+            + ", ".join(f"{s.modality} {s.slice_count} slices" for s in scan.series[:5])
+            + ") — choose one series, or a folder with a CT series")
+    return ct[0], scan.warnings  # already sorted: largest analysable CT first
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@dataclass(frozen=True)
+class _Display:
+    """In-plane transform from stored to radiological display order."""
+
+    transpose: bool
+    flip_y: bool
+    flip_x: bool
+    row_dir: np.ndarray  # LPS unit vector of array axis 1 (down the screen)
+    col_dir: np.ndarray  # LPS unit vector of array axis 2 (across the screen)
+
+    def apply(self, img: np.ndarray) -> np.ndarray:
+        if self.transpose:
+            img = np.swapaxes(img, 0, 1)
+        if self.flip_y:
+            img = img[::-1]
+        if self.flip_x:
+            img = img[:, ::-1]
+        return img
+
+
+def _display_transform(orientation: tuple[float, ...] | None) -> _Display:
+    """Columns should point to +x (patient left) when x is in plane, else +y
+    (posterior); rows to +y for axial, to -z (feet) for coronal/sagittal."""
+    if orientation is None:
+        return _Display(False, False, False, np.array([0.0, 1.0, 0.0]), np.array([1.0, 0.0, 0.0]))
+    r = _unit(orientation[:3])  # direction of increasing column index
+    c = _unit(orientation[3:])  # direction of increasing row index
+    ax_r, ax_c = int(np.argmax(np.abs(r))), int(np.argmax(np.abs(c)))
+    transpose = ax_r > ax_c or (ax_r == ax_c and abs(c[ax_c]) > abs(r[ax_r]))
+    if transpose:
+        r, c = c, r
+        ax_r, ax_c = ax_c, ax_r
+    flip_x = r[ax_r] < 0 if ax_r != 2 else r[ax_r] > 0
+    flip_y = c[ax_c] < 0 if ax_c != 2 else c[ax_c] > 0
+    return _Display(transpose, bool(flip_y), bool(flip_x), -c if flip_y else c, -r if flip_x else r)
+
+
+def _sign_correct(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
+    if not signed:
+        return arr
+    if arr.dtype == np.uint16 and bits_stored == 16:
+        return arr.view(np.int16)
+    a = arr.astype(np.int32) & ((1 << bits_stored) - 1)
+    sign = 1 << (bits_stored - 1)
+    return (a ^ sign) - sign
+
+
+# (7FE0,0010) OB, undefined length, then the Basic Offset Table item tag: the start
+# of encapsulated Pixel Data in explicit VR little endian (all compressed syntaxes).
+_ENCAPSULATED_PIXEL_DATA = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0"
+
+
+def _fast_jpeg(path: str, header: Dataset) -> np.ndarray | None:
+    """Decode a single-frame JPEG image without parsing the dataset again.
+
+    The header was parsed by :func:`scan_folder`; here the file is read as bytes,
+    the last encapsulated Pixel Data element located, and its frame decoded by
+    imagecodecs with the GIL released. ``None`` when anything looks unusual
+    (the caller then takes pydicom's path).
+    """
+    data = Path(path).read_bytes()
+    at = data.rfind(_ENCAPSULATED_PIXEL_DATA)
+    if at < 0:
+        return None
+    frame = next(pydicom.encaps.generate_frames(data[at + 12:], number_of_frames=1))
+    arr = np.asarray(_jpeg8_decode(frame))
+    if arr.shape != (int(header.Rows), int(header.Columns)) or arr.dtype not in (np.uint8, np.uint16):
+        return None
+    return _sign_correct(arr, _int_or_none(header.get("BitsStored")) or 16,
+                         int(header.get("PixelRepresentation", 0) or 0) == 1)
+
+
+def _decode_file(path: str, header: Dataset, ts: str, frames: list[int | None]) -> dict[int | None, np.ndarray]:
+    """Stored pixel values of the wanted frames of one file (runs in a worker thread)."""
+    if (frames == [None] and _jpeg8_decode is not None and ts in _FAST_JPEG_SYNTAXES
+            and (_int_or_none(header.get("SamplesPerPixel")) or 1) == 1):
+        try:
+            arr = _fast_jpeg(path, header)
+        except Exception:
+            arr = None
+        if arr is not None:
+            return {None: arr}
+    ds = pydicom.dcmread(path, force=True)
+    if "PixelData" not in ds:
+        raise ValueError("no pixel data")
+    if "PhotometricInterpretation" not in ds and (_int_or_none(ds.get("SamplesPerPixel")) or 1) == 1:
+        ds.PhotometricInterpretation = "MONOCHROME2"  # old headless files omit it
+    if not getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None):
+        ds.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = UID(ts)
+    arr = ds.pixel_array
+    n_frames = _int_or_none(ds.get("NumberOfFrames")) or 1
+    spp = _int_or_none(ds.get("SamplesPerPixel")) or 1
+    if n_frames == 1:
+        arr = arr[np.newaxis]
+    if spp == 3:  # view colour images as luminance (ITU-R BT.601)
+        arr = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+    return {f: arr[0 if f is None else f] for f in frames}
+
+
+def iter_load_series(
+    path_or_series: str | os.PathLike[str] | SeriesInfo,
+    *,
+    workers: int | None = None,
+    cancel: CancelFlag | None = None,
+) -> Generator[LoadProgress, None, Volume]:
+    """Load one series, yielding progress; the :class:`Volume` is the generator's return value.
+
+    Parameters
+    ----------
+    path_or_series
+        A :class:`SeriesInfo` from :func:`scan_folder`, or a folder/file. A path
+        with one image series loads that series (whatever the modality); with
+        several, the largest CT series.
+    workers
+        Decoding threads (default: ``min(8, cpu_count + 1)``).
+    cancel
+        Anything with ``is_set()`` (a :class:`threading.Event`); checked between slices.
+
+    Yields
+    ------
+    LoadProgress
+        The first progress with ``first_slice`` set carries slice 0 (most
+        superior for axial CT) in HU and display orientation.
+
+    Raises
+    ------
+    NotADicomSeries, UnsupportedTransferSyntax, Cancelled
+    """
+    def check_cancel() -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("loading cancelled")
+
+    scan_notes: tuple[str, ...] = ()
+    if isinstance(path_or_series, SeriesInfo):
+        info = path_or_series
+    else:
+        yield LoadProgress(0, 0, None, f"reading DICOM headers in {path_or_series}")
+        info, scan_notes = _pick_series(path_or_series)
+    check_cancel()
+
+    arr = _arrange(list(info.frames))
+    warnings = list(scan_notes) + list(info.warnings)
+    frames = list(arr.frames)
+    # Undecodable transfer syntaxes: fail now with what to install.
+    bad = {ts: _decoder_problem(ts) for ts in {_transfer_syntax(f.header) for f in frames}}
+    bad = {ts: msg for ts, msg in bad.items() if msg}
+    if bad:
+        usable = [f for f in frames if _transfer_syntax(f.header) not in bad]
+        if not usable:
+            raise UnsupportedTransferSyntax(f"{info.files[0]}: " + "; ".join(bad.values()))
+        frames = usable
+
+    hdr = frames[0].header
+    rows, cols = int(hdr.Rows), int(hdr.Columns)
+    disp = _display_transform(info.orientation)
+    slopes = np.array([f.slope for f in frames])
+    intercepts = np.array([f.intercept for f in frames])
+    integral = bool(np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts))) \
+        and info.samples_per_pixel == 1
+    bits = _int_or_none(hdr.get("BitsStored")) or 16
+    signed = int(hdr.get("PixelRepresentation", 0) or 0) == 1
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    ends = np.concatenate([slopes * lo + intercepts, slopes * hi + intercepts]) if len(frames) else np.zeros(1)
+    fits16 = integral and ends.min() >= -32768 and ends.max() <= 32767
+    dtype = np.int16 if fits16 else (np.int32 if integral else np.float32)
+    shape_yx = (cols, rows) if disp.transpose else (rows, cols)
+    total = len(frames)
+    out = np.zeros((total,) + shape_yx, dtype=dtype)
+
+    # One job per file; frames of a multi-frame file are decoded together.
+    jobs: dict[str, list[int]] = {}
+    for k, f in enumerate(frames):
+        jobs.setdefault(f.path, []).append(k)
+
+    def job(path: str, ks: list[int]) -> list[int]:
+        if cancel is not None and cancel.is_set():
+            return []
+        first = frames[ks[0]]
+        stored = _decode_file(path, first.header, _transfer_syntax(first.header), [frames[k].frame for k in ks])
+        for k in ks:
+            img = stored[frames[k].frame]
+            if img.shape[:2] != (rows, cols):
+                raise ValueError(f"image is {img.shape[0]}x{img.shape[1]}, series is {rows}x{cols}")
+            f = frames[k]
+            dst = disp.apply(out[k])  # a view: writing it stores the slice in display order
+            if dtype == np.float32:
+                np.multiply(img, np.float32(f.slope), out=dst, casting="unsafe")
+                dst += np.float32(f.intercept)
+            elif f.slope != 1:  # wide intermediate: slope * value may overflow int16
+                tmp = img.astype(np.int64) * int(f.slope)
+                tmp += int(f.intercept)
+                dst[...] = tmp
+            else:
+                if img.dtype == np.uint16 and dtype == np.int16 and bits <= 15:
+                    img = img.view(np.int16)  # exact: stored values < 2**15
+                # a typed scalar keeps numpy from casting the intercept to uint8/uint16
+                np.add(img, dtype(int(f.intercept)), out=dst, casting="unsafe")
+        return ks
+
+    n_workers = workers or min(8, (os.cpu_count() or 1) + 1)
+    failed: dict[int, str] = {}
+    done = 0
+    first_sent = False
+    pool = ThreadPoolExecutor(max_workers=max(1, n_workers), thread_name_prefix="ctscreen-decode")
+    try:
+        futures: dict[Future, tuple[str, list[int]]] = {}
+        for path, ks in jobs.items():  # frames are in z order, so slice 0's file is submitted first
+            futures[pool.submit(job, path, ks)] = (path, ks)
+        pending = set(futures)
+        first_future = next(iter(futures)) if futures else None
+        step = max(1, total // 50)
+        last_report = 0
+        while pending:
+            finished, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+            check_cancel()
+            for fut in finished:
+                path, ks = futures[fut]
+                exc = fut.exception()
+                if exc is not None:
+                    for k in ks:
+                        failed[k] = f"{path}: cannot decode ({type(exc).__name__}: {exc}) — slice skipped"
+                done += len(ks)
+            if not first_sent and first_future in finished:
+                first_sent = True
+                first = None if 0 in failed else np.array(out[0])
+                yield LoadProgress(done, total, first, "first slice decoded")
+            elif done - last_report >= step or not pending:
+                last_report = done
+                yield LoadProgress(done, total, None, f"decoded {done} of {total} slices")
+            check_cancel()
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+    if failed:
+        warnings.extend(failed[k] for k in sorted(failed)[:10])
+        if len(failed) > 10:
+            warnings.append(f"{len(failed) - 10} more slices could not be decoded")
+        keep = [k for k in range(total) if k not in failed]
+        if not keep:
+            raise NotADicomSeries(f"no slice of series {info.key} in {Path(info.files[0]).parent} "
+                                  f"could be decoded: {failed[0]}")
+        out = out[keep]
+        frames = [frames[k] for k in keep]
+        arr = _arrange(frames)  # re-check spacing/gaps without the lost slices
+        warnings.extend(w for w in arr.warnings if w not in warnings)
+        frames = list(arr.frames)
+    if dtype == np.int32:
+        out = out.astype(np.int16) if out.min() >= -32768 and out.max() <= 32767 else out.astype(np.float32)
+
+    return _make_volume(info, frames, out, arr, disp, warnings)
+
+
+def _make_volume(info: SeriesInfo, frames: list[_Frame], hu: np.ndarray, arr: _Arrangement,
+                 disp: _Display, warnings: list[str]) -> Volume:
+    hdr = frames[0].header
+    ps = frames[0].pixel_spacing
+    if ps is None:
+        ps = (1.0, 1.0)
+        warnings.append("PixelSpacing missing: 1 mm pixels assumed; lengths and areas are not reliable")
+    # PixelSpacing = (distance between rows, distance between columns)
+    dy, dx = (ps[1], ps[0]) if disp.transpose else (ps[0], ps[1])
+    if len(frames) == 1 and "SpacingBetweenSlices" not in hdr:
+        warnings.append("single slice: z spacing unknown (1 mm assumed)")
+    axis0 = arr.axis0 if arr.axis0 is not None else np.cross(disp.col_dir, disp.row_dir)
+    direction = np.column_stack([axis0, disp.row_dir, disp.col_dir])
+    origin = (0.0, 0.0, 0.0)
+    pos0 = frames[0].position
+    if pos0 is not None and info.orientation is not None:
+        # LPS position of every stored corner, transformed like the pixels.
+        r = _unit(info.orientation[:3]) * ps[1]
+        c = _unit(info.orientation[3:]) * ps[0]
+        n_rows, n_cols = int(hdr.Rows), int(hdr.Columns)
+        corners = np.array([[np.add(pos0, i * (n_rows - 1) * c + j * (n_cols - 1) * r) for j in (0, 1)]
+                            for i in (0, 1)])
+        origin = tuple(float(v) for v in disp.apply(corners)[0, 0])
+    reason = _analysable_reason(info.modality, info.samples_per_pixel, info.orientation, hu.shape[0])
+    return Volume(
+        hu=hu,
+        spacing_mm=(float(arr.z_spacing_mm), float(dy), float(dx)),
+        origin_mm=origin,
+        direction=direction,
+        sop_instance_uids=tuple(f.sop_instance_uid for f in frames),
+        instance_numbers=tuple(f.instance_number for f in frames),
+        z_mm=tuple(arr.z_mm),
+        modality=info.modality,
+        series_instance_uid=info.series_instance_uid,
+        study_instance_uid=info.study_instance_uid,
+        series_description=info.series_description,
+        patient_name=str(hdr.get("PatientName", "") or ""),
+        patient_id=str(hdr.get("PatientID", "") or ""),
+        frame_of_reference_uid=str(hdr.get("FrameOfReferenceUID", "") or ""),
+        source_files=tuple(f.path for f in frames),
+        warnings=tuple(dict.fromkeys(warnings)),
+        not_analysable_reason=reason,
+        headers=tuple(f.header for f in frames),
+    )
+
+
+def load_series(
+    path_or_series: str | os.PathLike[str] | SeriesInfo,
+    *,
+    workers: int | None = None,
+    cancel: CancelFlag | None = None,
+) -> Volume:
+    """Load a series as a :class:`Volume` (drives :func:`iter_load_series`)."""
+    gen = iter_load_series(path_or_series, workers=workers, cancel=cancel)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
