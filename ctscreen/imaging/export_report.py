@@ -180,11 +180,19 @@ def write_report_json(result: Any, path: str | os.PathLike, force: bool = False,
     return atomic_write(path, text + "\n", force=force)
 
 
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return "+".join(str(v) for v in value)
+    return value
+
+
 def write_report_csv(result: Any, path: str | os.PathLike, force: bool = False) -> Path:
     """Write ``report.csv``: one header row (:data:`CSV_COLUMNS`, units in brackets), one row per slice."""
     buf = io.StringIO(newline="")
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for row in report_rows(result):
-        w.writerow(["" if row[f] is None else row[f] for f in SLICE_FIELDS])
+        w.writerow([_csv_cell(row[f]) for f in SLICE_FIELDS])
     return atomic_write(path, buf.getvalue(), force=force)
