@@ -1,5 +1,6 @@
 """Helpers for the export tests: a small synthetic CT series written with pydicom,
-a hand-rolled loader producing a display-order ``Volume``, and a fake ``Measurements``.
+a hand-rolled loader producing a display-order ``Volume`` (the real loader is
+used for the real series), and an ``AnalysisResult`` with real measurements.
 
 The synthetic series is stored *flipped* (columns run towards the patient's
 right, rows towards anterior), so the loader must flip both axes to reach the
@@ -10,7 +11,6 @@ expected mask straight from the stored pixels, independent of any flip logic.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from ctscreen.imaging.measurements import measure_volume
 from ctscreen.imaging.result import CONSOLIDATION, GGO, AnalysisResult
 from ctscreen.imaging.volume import Volume
 
@@ -149,50 +150,6 @@ def load_series_by_hand(folder: Path) -> Volume:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class FakeSliceRow:
-    index: int
-    z_mm: float
-    sop_instance_uid: str
-    instance_number: int | None
-    ggo_area_mm2: float
-    consolidation_area_mm2: float
-    lesion_area_mm2: float
-    lungs: str
-    zone: str
-    percent_of_slice_lung: float
-
-
-@dataclasses.dataclass(frozen=True)
-class FakeMeasurements:
-    ggo_volume_ml: float
-    consolidation_volume_ml: float
-    lesion_volume_ml: float
-    lung_volume_ml: float
-    percent_affected: float
-    rows: tuple[FakeSliceRow, ...]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def fake_measurements(vol: Volume, lung: np.ndarray, lesion: np.ndarray) -> FakeMeasurements:
-    px = vol.spacing_mm[1] * vol.spacing_mm[2]
-    rows = []
-    for k in range(vol.shape[0]):
-        g = float((lesion[k] == GGO).sum() * px)
-        c = float((lesion[k] == CONSOLIDATION).sum() * px)
-        lung_a = float((lung[k] > 0).sum() * px)
-        if g + c == 0:
-            continue
-        rows.append(FakeSliceRow(k, vol.z_mm[k], vol.sop_instance_uids[k], vol.instance_numbers[k], g, c, g + c,
-                                 "both" if c else "right", "middle", 100.0 * (g + c) / lung_a if lung_a else float("nan")))
-    ml = vol.voxel_volume_ml
-    return FakeMeasurements(float((lesion == GGO).sum() * ml), float((lesion == CONSOLIDATION).sum() * ml),
-                            float((lesion > 0).sum() * ml), float((lung > 0).sum() * ml),
-                            100.0 * float((lesion > 0).sum()) / max(1, int((lung > 0).sum())), tuple(rows))
-
-
 def result_for(vol: Volume, lesion: np.ndarray | None = None, lung: np.ndarray | None = None,
                cam: dict | None = None, cam_outside: dict | None = None) -> AnalysisResult:
     hu = vol.hu
@@ -208,7 +165,7 @@ def result_for(vol: Volume, lesion: np.ndarray | None = None, lung: np.ndarray |
         lesion[hu == CONS_HU] = CONSOLIDATION
     return AnalysisResult(
         volume=vol, lung=lung, lesion=lesion, lesion_prob=(lesion > 0).astype(np.float16),
-        measurements=fake_measurements(vol, lung, lesion), model_name="fake-unet", model_version="0.0-test",
+        measurements=measure_volume(vol, lesion, lung), model_name="fake-unet", model_version="0.0-test",
         device="cpu", cam=cam or {}, cam_outside_fraction=cam_outside or {}, cam_layer="enc4",
         timings_s={"load": 0.1, "segmentation": 1.5}, warnings=("synthetic data",),
     )

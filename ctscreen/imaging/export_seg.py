@@ -103,13 +103,18 @@ def _source_datasets(volume: Any) -> list[Any]:
     uids = [str(u) for u in volume.sop_instance_uids]
     if len(uids) != volume.shape[0] or not all(uids):
         raise ExportError("the volume has no SOP Instance UID per slice \u2014 a SEG needs the source DICOM images")
+    if len(set(uids)) != len(uids):
+        raise ExportError("the series is stored as multi-frame images; DICOM SEG export supports single-frame "
+                          "series only for now \u2014 export PNG/report instead")
     by_uid: dict[str, Any] = {}
     wanted = set(uids)
-    for f in volume.source_files:
+    for f in dict.fromkeys(volume.source_files):
+        if len(by_uid) == len(wanted):
+            break
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file: fall back below
-            raise ExportError(f"cannot read source image {f}: {exc} \u2014 was it moved or deleted?") from exc
+        except Exception:  # noqa: BLE001 - moved/deleted/unreadable: fall back to the loaded headers
+            continue
         uid = str(ds.get("SOPInstanceUID", ""))
         if uid in wanted:
             by_uid[uid] = ds
