@@ -208,17 +208,19 @@ class LoadProgress:
 # --------------------------------------------------------------------------- scanning
 
 
-def _looks_like_dicom(path: str) -> bool:
-    """Cheap sniff: a Part 10 preamble, or a headless dataset starting with a
-    group 0002/0008 element in either byte order."""
+def _sniff(path: str) -> str:
+    """Cheap test of a file's first bytes: "part10" (preamble + DICM), "headless"
+    (starts with a group 0002/0008 element in either byte order) or ""."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
     except OSError:
-        return False
+        return ""
     if len(head) >= 132 and head[128:132] == b"DICM":
-        return True
-    return len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00", b"\x00\x08", b"\x00\x02")
+        return "part10"
+    if len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00", b"\x00\x08", b"\x00\x02"):
+        return "headless"
+    return ""
 
 
 def _iter_files(root: Path) -> Iterable[str]:
@@ -514,7 +516,8 @@ def scan_folder(path: str | os.PathLike[str]) -> ScanResult:
     # uid -> list of clusters; a cluster is (signature, frames)
     groups: dict[str, list[tuple[tuple, list[_Frame]]]] = {}
     for fpath in _iter_files(root):
-        if not _looks_like_dicom(fpath):
+        kind = _sniff(fpath)
+        if not kind:
             ignored += 1
             continue
         try:
@@ -523,7 +526,10 @@ def scan_folder(path: str | os.PathLike[str]) -> ScanResult:
             notes.append(f"{fpath}: unreadable DICOM header ({type(exc).__name__}: {exc}) — skipped")
             continue
         if not any(k in ds for k in ("SOPClassUID", "Modality", "Rows", "SeriesInstanceUID")):
-            ignored += 1  # parsed with force=True but holds nothing DICOM-like
+            if kind == "part10":  # a DICOM file whose dataset is missing: cut short
+                notes.append(f"{fpath}: DICOM file without a readable dataset (truncated?) — skipped")
+            else:  # parsed with force=True but holds nothing DICOM-like
+                ignored += 1
             continue
         sop_class = str(ds.get("SOPClassUID", "")
                         or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
