@@ -186,6 +186,8 @@ def export_all(result: Any, out_dir: str | os.PathLike, *, png: str = "lesions",
     """Write the chosen exports of ``result`` into ``out_dir`` (created if missing).
 
     Refuses up front (before writing anything) when any planned output exists and not ``force``.
+    The DICOM SEG is skipped when the result has no lesion voxel (a SEG needs
+    at least one segment frame); it is then absent from the returned list.
 
     Returns
     -------
@@ -216,7 +218,7 @@ def export_all(result: Any, out_dir: str | os.PathLike, *, png: str = "lesions",
         else:
             written.append(export_png.write_montage_png(result, out / MONTAGE_NAME, force=force,
                                                         include_patient=include_patient, window=window))
-    if seg:
+    if seg and bool(getattr(result.lesion, "any", lambda: False)()):
         from ctscreen.imaging.export_seg import write_seg
         written.append(write_seg(result, out / SEG_NAME, force=force))
     return written
