@@ -678,6 +678,8 @@ def _fast_jpeg(path: str, header: Dataset) -> np.ndarray | None:
     if at < 0:
         return None
     frame = next(pydicom.encaps.generate_frames(data[at + 12:], number_of_frames=1))
+    if frame.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        return None  # no EOI marker: truncated stream (libjpeg-turbo would pad it silently)
     arr = np.asarray(_jpeg8_decode(frame))
     if arr.shape != (int(header.Rows), int(header.Columns)) or arr.dtype not in (np.uint8, np.uint16):
         return None
@@ -698,8 +700,10 @@ def _decode_file(path: str, header: Dataset, ts: str, frames: list[int | None]) 
     ds = pydicom.dcmread(path, force=True)
     if "PixelData" not in ds:
         raise ValueError("no pixel data")
-    if "PhotometricInterpretation" not in ds and (_int_or_none(ds.get("SamplesPerPixel")) or 1) == 1:
-        ds.PhotometricInterpretation = "MONOCHROME2"  # old headless files omit it
+    if "SamplesPerPixel" not in ds:  # old (ACR-NEMA style) files omit these type 1 elements
+        ds.SamplesPerPixel = 1
+    if "PhotometricInterpretation" not in ds and int(ds.SamplesPerPixel) == 1:
+        ds.PhotometricInterpretation = "MONOCHROME2"
     if not getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None):
         ds.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = UID(ts)
