@@ -1,0 +1,139 @@
+"""``ctscreen view``: start the viewer, or render one screenshot offscreen and exit."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from argparse import Namespace
+from pathlib import Path
+
+from PySide6.QtCore import QEventLoop, QTimer
+from PySide6.QtWidgets import QApplication
+
+from ctscreen import RESEARCH_NOTICE
+
+#: The longest a ``--screenshot`` run waits for loading (and analysis) before giving up.
+SCREENSHOT_TIMEOUT_S = float(os.environ.get("CTSCREEN_SCREENSHOT_TIMEOUT_S", "600"))
+SCREENSHOT_SIZE = (1360, 860)
+
+
+def _application() -> QApplication:
+    import pyqtgraph as pg
+
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication(sys.argv[:1])
+    app.setOrganizationName("ctscreen")
+    app.setApplicationName("ctscreen")
+    app.setApplicationDisplayName("ctscreen")
+    pg.setConfigOptions(antialias=True)
+    return app  # type: ignore[return-value]
+
+
+def _wait_for(signals: dict[str, object], timeout_s: float) -> str:
+    """Run the event loop until one of ``signals`` fires; returns its name, or "timeout"."""
+    loop = QEventLoop()
+    fired: list[str] = []
+    for name, signal in signals.items():
+        signal.connect(lambda *_, n=name: (fired.append(n), loop.quit()))  # type: ignore[attr-defined]
+    QTimer.singleShot(int(timeout_s * 1000), loop.quit)
+    loop.exec()
+    return fired[0] if fired else "timeout"
+
+
+def save_png_atomically(pixmap, out: str | os.PathLike) -> None:
+    """Write ``pixmap`` as PNG to ``out`` via a temporary file in the same folder and a rename."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        if not pixmap.save(tmp, "PNG"):
+            raise OSError(f"could not encode the screenshot as PNG in {out.parent}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a screenshot is an ordinary file
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _screenshot(window, args: Namespace) -> int:
+    from ctscreen.viewer.main_window import MainWindow
+
+    assert isinstance(window, MainWindow)
+    window.resize(*SCREENSHOT_SIZE)
+    window.show()
+    deadline = time.monotonic() + SCREENSHOT_TIMEOUT_S
+    if args.folder:
+        outcome = _wait_for({"loaded": window.volumeLoaded, "failed": window.loadFailed,
+                             "cancelled": window.loadCancelled}, SCREENSHOT_TIMEOUT_S)
+        if outcome != "loaded":
+            reason = window.last_error or f"loading {outcome}"
+            print(f"ctscreen view: error: {reason}", file=sys.stderr)
+            return 2
+        if getattr(args, "analyze", False):
+            analysis = getattr(window, "analysis", None)
+            if analysis is None:
+                print("ctscreen view: error: analysis is not available in this build", file=sys.stderr)
+                return 2
+            analysis.start()
+            outcome = _wait_for({"done": analysis.finished_ok, "failed": analysis.failed,
+                                 "cancelled": analysis.cancelled}, max(1.0, deadline - time.monotonic()))
+            if outcome != "done":
+                reason = window.last_error or f"analysis {outcome}"
+                print(f"ctscreen view: error: {reason}", file=sys.stderr)
+                return 2
+    # Let layouts, docks and the deferred tag refresh settle before grabbing.
+    end = time.monotonic() + 0.4
+    app = QApplication.instance()
+    while time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.02)
+    try:
+        save_png_atomically(window.grab(), args.screenshot)
+    except OSError as exc:
+        print(f"ctscreen view: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_view(args: Namespace) -> int:
+    """Open the viewer on ``args.folder`` (optional); with ``--screenshot`` save a PNG and exit.
+
+    Returns the process exit code.
+    """
+    screenshot = getattr(args, "screenshot", None)
+    if screenshot and "QT_QPA_PLATFORM" not in os.environ:
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    app = _application()
+    from ctscreen.viewer.main_window import MainWindow
+
+    settings = None
+    if screenshot and not os.environ.get("CTSCREEN_SETTINGS_DIR"):
+        # A screenshot must not depend on (or change) the user's remembered layout.
+        from ctscreen.viewer.settings import ViewerSettings
+        tmp_settings = tempfile.TemporaryDirectory(prefix="ctscreen-settings-")
+        settings = ViewerSettings(tmp_settings.name)
+    window = MainWindow(settings=settings, interactive=not screenshot)
+    if getattr(args, "model", None) or getattr(args, "device", None):
+        configure = getattr(window, "configure_analysis", None)
+        if configure is not None:
+            configure(model=getattr(args, "model", None), device=getattr(args, "device", "auto"))
+    if getattr(args, "window", None):
+        window.set_preset(args.window)
+    if args.folder:
+        window.open_path(args.folder, getattr(args, "series", None), getattr(args, "slice", None))
+    if screenshot:
+        try:
+            return _screenshot(window, args)
+        finally:
+            window.close()
+    window.show()
+    if args.folder and getattr(args, "analyze", False) and getattr(window, "analysis", None) is not None:
+        window.volumeLoaded.connect(lambda _v: window.analysis.start())
+    print(RESEARCH_NOTICE, file=sys.stderr)
+    return int(app.exec())
