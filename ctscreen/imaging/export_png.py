@@ -84,7 +84,7 @@ def window_to_uint8(hu: np.ndarray, window: tuple[float, float] = DEFAULT_WINDOW
     width, level = float(window[0]), float(window[1])
     width = max(width, 1.0)
     lo = level - width / 2.0
-    out = (np.asarray(hu, dtype=np.float32) - lo) * (255.0 / width)
+    out = (np.nan_to_num(np.asarray(hu, dtype=np.float32), nan=-1024.0) - lo) * (255.0 / width)
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -170,28 +170,42 @@ def _band(width: int, lines: list[tuple[str, Sequence[int]]], scale: float = 0.5
 
 def _legend_and_scale_band(width: int, pixel_mm: float, image_width_px: int, cam_label: str | None,
                            pad: int = 8) -> np.ndarray:
-    band = np.full((34, width, 3), BACKGROUND_RGB, np.uint8)
-    x = pad
-    items = [("Ground-glass opacity", GGO_RGB), ("Consolidation", CONSOLIDATION_RGB)]
-    for text, colour in items:
-        cv2.rectangle(band, (x, 10), (x + 14, 24), colour, -1)
-        _put_text(band, text, (x + 20, 23), 0.45)
-        x += 20 + _text_size(text, 0.45)[0] + 16
-    if cam_label:
-        ramp = cv2.applyColorMap(np.linspace(0, 255, 40).astype(np.uint8)[None, :].repeat(14, 0), cv2.COLORMAP_JET)
-        if x + 40 < width:
-            band[10:24, x:x + 40] = cv2.cvtColor(ramp, cv2.COLOR_BGR2RGB)
-            _put_text(band, cam_label, (x + 46, 23), 0.45)
+    """Legend swatches on the left, scale bar on the right (on a second row when they would touch)."""
+    row_h = 30
     mm = _scale_bar_mm(pixel_mm, image_width_px)
     length = int(round(mm / pixel_mm))
     label = _mm_label(mm)
-    tw = _text_size(label, 0.45)[0]
-    x1 = width - pad - tw - 8
+    bar_w = length + 8 + _text_size(label, 0.45)[0]
+
+    items: list[tuple[str, Any]] = [("Ground-glass opacity", GGO_RGB), ("Consolidation", CONSOLIDATION_RGB)]
+    if cam_label:
+        items.append((cam_label, "ramp"))
+    placed, x, y = [], pad, 0
+    for text, swatch in items:
+        sw = 40 if swatch == "ramp" else 14
+        item_w = sw + 6 + _text_size(text, 0.45)[0]
+        if x + item_w > width - pad and x > pad:
+            x, y = pad, y + 1
+        placed.append((x, y, sw, text, swatch))
+        x += item_w + 16
+    bar_row = y if x + bar_w <= width - pad else y + 1
+    band = np.full(((bar_row + 1) * row_h + 4, width, 3), BACKGROUND_RGB, np.uint8)
+    for x, y, sw, text, swatch in placed:
+        top = 8 + y * row_h
+        if swatch == "ramp":
+            ramp = cv2.applyColorMap(np.linspace(0, 255, sw).astype(np.uint8)[None, :].repeat(14, 0),
+                                     cv2.COLORMAP_JET)
+            band[top:top + 14, x:x + sw] = cv2.cvtColor(ramp, cv2.COLOR_BGR2RGB)
+        else:
+            cv2.rectangle(band, (x, top), (x + 13, top + 13), swatch, -1)
+        _put_text(band, text, (x + sw + 6, top + 13), 0.45)
+    top = 8 + bar_row * row_h
+    x1 = width - pad - (bar_w - length)
     x0 = x1 - length
-    cv2.rectangle(band, (x0, 15), (x1, 19), (255, 255, 255), -1)
-    cv2.line(band, (x0, 10), (x0, 24), (255, 255, 255), 1)
-    cv2.line(band, (x1, 10), (x1, 24), (255, 255, 255), 1)
-    _put_text(band, label, (x1 + 6, 23), 0.45)
+    cv2.rectangle(band, (x0, top + 5), (x1, top + 9), (255, 255, 255), -1)
+    cv2.line(band, (x0, top), (x0, top + 14), (255, 255, 255), 1)
+    cv2.line(band, (x1, top), (x1, top + 14), (255, 255, 255), 1)
+    _put_text(band, label, (x1 + 8, top + 13), 0.45)
     return band
 
 
