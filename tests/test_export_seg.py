@@ -205,3 +205,39 @@ def test_real_series_p001(tmp_path):
         assert got == pytest.approx([float(v) for v in src.ImagePositionPatient], abs=1e-3)
     out = _dciodvfy(path)
     assert not [line for line in out.splitlines() if line.startswith("Error")], out
+
+
+@pytest.mark.parametrize("orientation", [
+    (1, 0, 0, 0, 1, 0),      # standard
+    (-1, 0, 0, 0, -1, 0),    # both in-plane axes flipped
+    (0, 1, 0, 1, 0, 0),      # stored transposed
+    (0, -1, 0, -1, 0, 0),    # transposed and flipped
+], ids=["standard", "flipped", "transposed", "transposed-flipped"])
+def test_real_loader_orientations_round_trip(tmp_path, orientation):
+    """Whatever flips/transposes ctscreen's loader applied, every SEG frame equals the mask on the stored grid."""
+    from conftest import synthetic_series
+
+    from ctscreen.imaging.dicom import load_series
+
+    syn = synthetic_series(tmp_path, n=4, rows=6, cols=8, orientation=orientation)
+    vol = load_series(syn.folder)
+    # stored pixel values are unique per pixel (value = row*cols + col + 100*k), so a mask
+    # defined on HU in display order has a known footprint on the stored grid
+    raw = (np.asarray(vol.hu).astype(np.int64) + 1024) % 100
+    lesion = np.zeros(vol.shape, np.uint8)
+    lesion[(raw % 7 == 0)] = GGO
+    lesion[(raw % 11 == 0) & (raw % 7 != 0)] = CONSOLIDATION
+    lesion[0] = 0  # one empty slice: no frames for it
+    res = result_for(vol, lesion=lesion, lung=np.ones(vol.shape, np.uint8))
+    path = export.write_seg(res, tmp_path / "seg.dcm")
+    stored = {uid: (px.astype(np.int64) % 100) for uid, px in zip(syn.sop_instance_uids, syn.stored)}
+    frames = _frames_by_reference(path)
+    empty_uid = vol.sop_instance_uids[0]
+    assert empty_uid not in {uid for uid, _, _ in frames}
+    assert len(frames) == 2 * (vol.shape[0] - 1)
+    for uid, seg_no, px in frames:
+        s = stored[uid]
+        want = (s % 7 == 0) if seg_no == GGO else ((s % 11 == 0) & (s % 7 != 0))
+        assert np.array_equal(px.astype(bool), want), f"{orientation}: frame of {uid}, segment {seg_no}"
+    out = _dciodvfy(path)
+    assert not [line for line in out.splitlines() if line.startswith("Error")], out
