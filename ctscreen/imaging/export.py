@@ -81,10 +81,10 @@ def atomic_write(path: str | os.PathLike, data_or_writer: Union[bytes, bytearray
         writing failed (the temporary file is removed in every case).
     """
     target = Path(path)
-    if target.exists() and not force:
-        raise ExportError(f"{target} exists \u2014 use --force to overwrite")
     if target.is_dir():
         raise ExportError(f"{target} is a folder \u2014 choose a file name")
+    if target.exists() and not force:
+        raise ExportError(f"{target} exists \u2014 use --force to overwrite")
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise ExportError(f"{folder} does not exist \u2014 create the output folder first")
