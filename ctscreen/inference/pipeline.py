@@ -26,6 +26,7 @@ from typing import Any, Callable, Generator, Iterable
 import numpy as np
 
 from ctscreen.errors import Cancelled, NotAnalysable
+from ctscreen.imaging.measurements import constrain_to_lung, measure_volume
 from ctscreen.imaging.result import CONSOLIDATION, GGO, AnalysisResult
 from ctscreen.imaging.volume import Volume
 from ctscreen.inference.device import describe_device, free_accelerator_memory, is_out_of_memory
@@ -229,15 +230,11 @@ class _Runner:
 
 
 def _load_volume(source: Any, tracker: _Tracker) -> Generator[Progress, None, Volume]:
-    from ctscreen.imaging import dicom
+    from ctscreen.imaging.dicom import iter_load_series
 
-    iter_load = getattr(dicom, "iter_load_series", None)
-    if iter_load is not None:
-        return (yield from _relay_fraction_generator(iter_load(source), tracker, "load"))
-    yield tracker.tick("load", 0, 1, "loading series")
-    volume = dicom.load_series(source)
-    yield tracker.tick("load", 1, 1, "series loaded")
-    return volume
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    return (yield from _relay_fraction_generator(iter_load_series(source, cancel=tracker.cancel), tracker, "load"))
 
 
 def _load_model(options: AnalyzeOptions) -> Any:
@@ -253,22 +250,6 @@ def _series_name(volume: Volume) -> str:
     return volume.series_description or volume.series_instance_uid or "the series"
 
 
-def _constrain(lesion: np.ndarray, lung: np.ndarray) -> np.ndarray:
-    try:
-        from ctscreen.imaging.measurements import constrain_to_lung
-    except ImportError:
-        lesion[lung == 0] = 0
-        return lesion
-    return np.asarray(constrain_to_lung(lesion, lung), dtype=np.uint8)
-
-
-def _measure(volume: Volume, lesion: np.ndarray, lung: np.ndarray) -> Any:
-    try:
-        from ctscreen.imaging.measurements import measure
-    except ImportError:  # measurements land separately; the result stays usable without them
-        return None
-    return measure(lesion, lung, spacing_mm=volume.spacing_mm, z_mm=volume.z_mm,
-                   sop_instance_uids=volume.sop_instance_uids, instance_numbers=volume.instance_numbers)
 
 
 def cam_slice_indices(lesion: np.ndarray, which: str) -> list[int]:
@@ -369,7 +350,7 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
 
     yield tracker.tick("segmentation", 0, nz)
     yield from runner.batched("segmentation", list(range(nz)), options.batch_size, seg, store_seg)
-    lesion = _constrain(lesion, lung)
+    lesion = constrain_to_lung(lesion, lung)
     timings["segmentation"] = time.perf_counter() - t
 
     cam: dict[int, np.ndarray] = {}
@@ -404,7 +385,7 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
     tracker.check_cancel()
     t = time.perf_counter()
     yield tracker.tick("measurements", 0, 1, "measuring")
-    measurements = _measure(volume, lesion, lung)
+    measurements = measure_volume(volume, lesion, lung)
     timings["measurements"] = time.perf_counter() - t
     yield tracker.tick("measurements", 1, 1, "done")
 

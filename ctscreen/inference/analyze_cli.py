@@ -1,0 +1,268 @@
+"""``ctscreen analyze FOLDER --out DIR``: the lesion analysis without a window.
+
+Research use, not for diagnosis.
+
+Steps: refuse early (existing outputs without ``--force``, missing model,
+unreadable folder, no CT series), load the model, pick the series, drive
+:func:`ctscreen.inference.pipeline.analyze` with a progress bar on stderr,
+then write the exports. Exports are written into a hidden staging folder
+inside ``--out`` and moved into place only when all of them are complete, so
+an interrupted run (Ctrl-C) leaves no partial set of files behind.
+
+Errors are raised as :class:`ctscreen.errors.CtscreenError` with a one-line
+message; :func:`ctscreen.cli.main` prints it and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctscreen import RESEARCH_NOTICE
+from ctscreen.errors import CtscreenError, ExportError, NotADicomSeries, NotAnalysable
+from ctscreen.imaging import export
+from ctscreen.imaging.result import CONSOLIDATION, GGO, AnalysisResult
+from ctscreen.progress import ProgressBar
+from ctscreen.inference.pipeline import STAGE_LABELS, AnalyzeOptions, Progress, analyze
+
+STAGING_PREFIX = ".ctscreen-partial-"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def planned_names(png: str, seg: bool) -> list[str]:
+    """File names/patterns the export will write into ``--out`` for these options."""
+    names = export.planned_outputs(png="none", report=True, seg=seg)
+    if png in ("lesions", "all"):
+        names.append(export.SLICE_PNG_PATTERN)
+    elif png == "montage":
+        names.append(export.MONTAGE_NAME)
+    return names
+
+
+def check_output(out: Path, png: str, seg: bool, force: bool) -> None:
+    """Refuse before any work when ``out`` is not a folder or would be overwritten without ``force``."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file, not a folder \u2014 choose a folder for the results")
+    if force:
+        return
+    clash = export.existing_outputs(out, planned_names(png, seg))
+    if clash:
+        shown = ", ".join(p.name for p in clash[:3]) + (f" and {len(clash) - 3} more" if len(clash) > 3 else "")
+        raise ExportError(f"{out} already holds {shown} \u2014 use --force to overwrite or choose another --out")
+    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise ExportError(f"cannot write to {parent} \u2014 check the permissions or choose another --out")
+
+
+def pick_series(folder: Path, uid: str | None) -> Any:
+    """Scan ``folder`` and return the :class:`SeriesInfo` to analyse (``uid`` or the largest analysable CT)."""
+    from ctscreen.imaging import dicom
+
+    if not folder.exists():
+        raise NotADicomSeries(f"{folder} does not exist \u2014 choose a folder with a CT series")
+    if not os.access(folder, os.R_OK) or (folder.is_dir() and not os.access(folder, os.X_OK)):
+        raise NotADicomSeries(f"{folder} cannot be read (permission denied) \u2014 check its permissions")
+    try:
+        scan = dicom.scan_folder(folder)
+    except OSError as exc:
+        raise NotADicomSeries(f"{folder} cannot be read ({exc.strerror or exc}) \u2014 check the path and permissions") from exc
+    if not scan.series:
+        raise dicom.no_series_error(folder, scan)
+    if uid:
+        info = dicom.find_series(scan, uid)
+        if info.analysable_reason:
+            raise NotAnalysable(f"series {uid} in {folder} cannot be analysed: {info.analysable_reason}")
+        return info
+    ct = [s for s in scan.series if s.modality == "CT"]
+    if not ct:
+        found = ", ".join(f"{s.modality or 'unknown'} ({s.slice_count} slices)" for s in scan.series[:4])
+        raise NotAnalysable(f"{folder} holds no CT series (found {found}) \u2014 ctscreen analyses chest CT only")
+    ok = [s for s in ct if not s.analysable_reason]
+    if not ok:
+        raise NotAnalysable(f"no CT series in {folder} can be analysed: {ct[0].analysable_reason}")
+    return max(ok, key=lambda s: s.slice_count)
+
+
+def _write_exports(result: AnalysisResult, folder: Path, png: str, seg: bool) -> list[Path]:
+    # A DICOM SEG needs at least one segment: with no lesion there is nothing to store.
+    seg = seg and bool(np.any(result.lesion))
+    written = export.export_all(result, folder, png="lesions" if png == "all" else png, report=True,
+                                seg=seg, force=True)
+    if png == "all":
+        from ctscreen.imaging.export_png import write_slice_png
+
+        have = {p.name for p in written}
+        for k in range(result.lesion.shape[0]):
+            name = export.slice_png_name(k)
+            if name not in have:
+                written.append(write_slice_png(result, k, folder / name, force=True))
+    return written
+
+
+def export_staged(result: AnalysisResult, out: Path, png: str, seg: bool, force: bool) -> list[Path]:
+    """Write every export into a staging folder in ``out``, then move them into place.
+
+    An interruption before the move leaves ``out`` as it was (the staging folder
+    is removed); one during the move removes the files already moved.
+    """
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create {out}: {exc.strerror or exc} \u2014 check the path and permissions") from exc
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    moved: list[Path] = []
+    ok = False
+    try:
+        try:
+            written = _write_exports(result, staging, png, seg)
+        except OSError as exc:
+            raise ExportError(f"cannot write the results into {out}: {exc.strerror or exc}") from exc
+        if not force:  # something appeared in out while we were analysing
+            clash = [out / p.name for p in written if (out / p.name).exists()]
+            if clash:
+                raise ExportError(f"{clash[0]} appeared during the analysis \u2014 use --force to overwrite")
+        for p in written:
+            target = out / p.name
+            os.replace(p, target)
+            moved.append(target)
+        ok = True
+        return moved
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not ok:
+            for p in moved:
+                p.unlink(missing_ok=True)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+
+
+def _num(m: Any, name: str) -> float | None:
+    try:
+        v = float(getattr(m, name))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return v if v == v else None  # NaN -> None
+
+
+def summary(result: AnalysisResult, out: Path, written: list[Path], total_s: float) -> str:
+    """One paragraph for stdout: what was found, where the files went, the research notice."""
+    vol = result.volume
+    m = result.measurements
+    voxel_ml = vol.voxel_volume_ml
+    ggo_ml = _num(m, "ggo_volume_ml")
+    cons_ml = _num(m, "consolidation_volume_ml")
+    if ggo_ml is None:
+        ggo_ml = float(np.count_nonzero(result.lesion == GGO)) * voxel_ml
+    if cons_ml is None:
+        cons_ml = float(np.count_nonzero(result.lesion == CONSOLIDATION)) * voxel_ml
+    lung_ml = _num(m, "lung_volume_ml")
+    if lung_ml is None:
+        lung_ml = float(np.count_nonzero(result.lung)) * voxel_ml
+    pct = _num(m, "percent_involved")
+    if pct is None and lung_ml > 0:
+        pct = 100.0 * (ggo_ml + cons_ml) / lung_ml
+    severity = getattr(m, "severity_total", None)
+    slices = int(np.count_nonzero(result.lesion.reshape(result.lesion.shape[0], -1).any(axis=1)))
+    parts = [
+        f"Analysed series {vol.series_description or vol.series_instance_uid or '?'} "
+        f"({vol.shape[0]} slices) with model {result.model_name} {result.model_version} on {result.device} "
+        f"in {total_s:.1f} s:",
+        f"ground-glass {ggo_ml:.1f} mL, consolidation {cons_ml:.1f} mL"
+        + (f", {pct:.1f} % of {lung_ml:.0f} mL lung" if pct is not None else ", no lung found")
+        + (f", severity score {severity}/30" if severity is not None else "")
+        + f", lesions on {slices} slice(s).",
+    ]
+    if result.cam:
+        flagged = result.cam_flagged_slices()
+        parts.append(f"Grad-CAM on {len(result.cam)} slice(s) at layer {result.cam_layer}"
+                     + (f"; {len(flagged)} with most activation outside the lungs." if flagged else "."))
+    names = sorted({"slice_*.png" if p.name.startswith("slice_") else p.name for p in written})
+    parts.append(f"Wrote {len(written)} file(s) to {out} ({', '.join(names)})"
+                 + ("; no DICOM SEG, as there is no lesion to store." if not np.any(result.lesion)
+                    and not any(p.suffix == ".dcm" for p in written) else "."))
+    if result.warnings:
+        parts.append(f"{len(result.warnings)} warning(s), listed in report.json.")
+    parts.append(RESEARCH_NOTICE)
+    return _one_line(" ".join(parts))
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalyzeRun:
+    """What :func:`analyze_folder` did: the result (with ``export`` timing), files written, wall time."""
+
+    result: AnalysisResult
+    written: tuple[Path, ...]
+    total_s: float
+    out: Path
+
+
+def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_progress: bool = True) -> AnalyzeRun:
+    """Everything ``ctscreen analyze`` does except printing the summary (benchmarks call this)."""
+    t0 = time.perf_counter()
+    out = Path(args.out).expanduser()
+    png = getattr(args, "png", "lesions") or "lesions"
+    seg = not getattr(args, "no_seg", False)
+    force = bool(getattr(args, "force", False))
+    cam = getattr(args, "cam", "lesions") or "lesions"
+
+    check_output(out, png, seg, force)
+    from ctscreen.inference.models import load_model
+
+    from ctscreen.inference.device import resolve_device
+
+    resolve_device(getattr(args, "device", "auto") or "auto")  # an unavailable device fails before anything else
+    t = time.perf_counter()
+    model = load_model(getattr(args, "model", None), device=getattr(args, "device", "auto") or "auto")
+    model_s = time.perf_counter() - t
+    info = pick_series(Path(args.folder).expanduser(), getattr(args, "series", None))
+
+    options = AnalyzeOptions(model=model, cam=cam, batch_size=int(getattr(args, "batch_size", 0) or 8))
+    bar = ProgressBar(stream=progress_stream, enabled=show_progress)
+    gen = analyze(info, options)
+    try:
+        while True:
+            try:
+                p: Progress = next(gen)
+            except StopIteration as stop:
+                result: AnalysisResult = stop.value
+                break
+            bar.update(STAGE_LABELS.get(p.stage, p.stage), p.fraction, p.eta_s, p.message)
+        bar.update("writing results", 1.0, None, "")
+        t = time.perf_counter()
+        written = export_staged(result, out, png, seg, force)
+        timings = {**result.timings_s, "model": result.timings_s.get("model", 0.0) + model_s,
+                   "export": time.perf_counter() - t}
+    finally:
+        gen.close()
+        bar.close()
+    result = dataclasses.replace(result, timings_s=timings)
+    return AnalyzeRun(result=result, written=tuple(written), total_s=time.perf_counter() - t0, out=out)
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Entry point of ``ctscreen analyze`` (see :mod:`ctscreen.cli` for the arguments).
+
+    Returns 0 on success; failures raise :class:`ctscreen.errors.CtscreenError`
+    (``cli.main`` prints the one-line reason and exits 2).
+    """
+    try:
+        run = analyze_folder(args)
+    except CtscreenError as exc:  # the edge prints str(exc) as is: keep it to one line
+        msg = _one_line(str(exc))
+        if msg == str(exc):
+            raise
+        raise type(exc)(msg) from exc
+    print(summary(run.result, run.out, list(run.written), run.total_s))
+    return 0

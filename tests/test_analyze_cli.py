@@ -1,0 +1,167 @@
+"""``ctscreen analyze``: exit codes, one-line reasons, outputs, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctscreen import RESEARCH_NOTICE
+from ctscreen.cli import main
+from ctscreen.inference import analyze_cli, segment
+from ctscreen.inference.models import available_models, save_model
+from ctscreen.inference.nets import UNet
+
+from conftest import EDGE_CASES, P001, synthetic_series
+
+N = 96
+
+
+def _chest_pixels(k: int, rows: int, cols: int) -> np.ndarray:
+    """Stored values (HU + 1024) of a synthetic chest: body, two lungs, a dense patch."""
+    yy, xx = np.mgrid[:rows, :cols]
+    hu = np.full((rows, cols), -1000, np.int16)
+    hu[((yy - rows / 2) / (0.42 * rows)) ** 2 + ((xx - cols / 2) / (0.46 * cols)) ** 2 < 1] = 40
+    for cx in (0.3 * cols, 0.7 * cols):
+        hu[((yy - rows / 2) / (0.28 * rows)) ** 2 + ((xx - cx) / (0.15 * cols)) ** 2 < 1] = -850
+    if k in (2, 3):
+        hu[int(0.45 * rows):int(0.55 * rows), int(0.25 * cols):int(0.33 * cols)] = -300
+    return (hu + 1024).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def chest_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("chest")
+    s = synthetic_series(root, n=6, name="chest", rows=N, cols=N, pixel_spacing=(3.0, 3.0), spacing_z=5.0,
+                         pixels=_chest_pixels)
+    return s.folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """A random UNet whose head makes every lung voxel ground-glass, so every export has content."""
+    torch.manual_seed(0)
+    net = UNet(channels=(4, 8, 16))
+    with torch.no_grad():
+        net.head.bias.copy_(torch.tensor([0.0, 4.0, -4.0]))
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model(net, "unet", path, {"version": "test-1", "input_size": 64})
+    return str(path)
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["analyze", *argv])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def _error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("ctscreen analyze: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_success_writes_reports_pngs_and_seg(capsys, chest_folder, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model,
+                                "--device", "cpu")
+    assert code == 0, stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert {"report.json", "report.csv", "lesions_seg.dcm"} <= set(names)
+    assert any(n.startswith("slice_") and n.endswith(".png") for n in names)
+    assert not any(n.startswith(analyze_cli.STAGING_PREFIX) for n in names)
+    report = json.loads((out / "report.json").read_text())
+    assert report  # content is the export module's contract; here: it parses
+    assert len(stdout.strip().splitlines()) == 1  # one paragraph
+    assert RESEARCH_NOTICE in stdout and str(out) in stdout
+    assert "segmentation" in stderr and "%" in stderr  # the progress bar went to stderr
+
+
+def test_existing_output_needs_force_and_is_left_intact(capsys, chest_folder, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text("old")
+    code, stdout, stderr = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model,
+                                "--device", "cpu", "--png", "none", "--no-seg")
+    assert code == 2
+    assert "report.json" in _error_line(stderr) and "--force" in stderr
+    assert (out / "report.json").read_text() == "old" and stdout == ""
+    code, _, stderr = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model,
+                           "--device", "cpu", "--png", "none", "--no-seg", "--force", "--cam", "none")
+    assert code == 0, stderr
+    assert (out / "report.json").read_text() != "old"
+    assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.json"]
+
+
+@pytest.mark.parametrize("case", ["empty", "missing", "mr", "model", "cuda"])
+def test_bad_inputs_exit_2_with_one_line(capsys, case, chest_folder, tiny_model, tmp_path):
+    folder, model, extra = chest_folder, tiny_model, []
+    expect = {"empty": "contains no DICOM images", "missing": "does not exist", "mr": "no CT series",
+              "model": "model weights not found", "cuda": "cuda"}[case]
+    if case == "empty":
+        folder = tmp_path / "empty"
+        folder.mkdir()
+    elif case == "missing":
+        folder = tmp_path / "nowhere"
+    elif case == "mr":
+        folder = tmp_path / "mr"
+        folder.mkdir()
+        shutil.copy(EDGE_CASES / "MR_Implicit_Little.dcm", folder)
+    elif case == "model":
+        model = str(tmp_path / "no_such_model.pt")
+    elif case == "cuda":
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        extra = ["--device", "cuda"]
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(capsys, str(folder), "--out", str(out), "--model", model, *extra)
+    assert code == 2
+    assert expect in _error_line(stderr)
+    assert stdout == "" and not out.exists()
+
+
+def test_interrupt_during_analysis_or_export_leaves_nothing(capsys, monkeypatch, chest_folder, tiny_model, tmp_path):
+    out = tmp_path / "out"
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(segment, "segment_batch", interrupted)
+        code, stdout, _ = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model, "--device", "cpu")
+    assert code == 130 and stdout == "" and not out.exists()
+
+    real = analyze_cli._write_exports
+
+    def write_some_then_interrupt(result, folder, png, seg):
+        real(result, folder, "none", False)  # report.json/csv written to staging ...
+        raise KeyboardInterrupt  # ... then Ctrl-C before the rest
+
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with monkeypatch.context() as m:
+        m.setattr(analyze_cli, "_write_exports", write_some_then_interrupt)
+        code, _, _ = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model, "--device", "cpu",
+                          "--cam", "none")
+    assert code == 130
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # the user's file stays, nothing of ours
+
+
+@pytest.mark.slow
+def test_p001_end_to_end_with_the_shipped_model(capsys, tmp_path):
+    if not available_models():
+        pytest.skip("no shipped model weights in ctscreen/resources/models yet")
+    if not P001.exists():
+        pytest.skip(f"{P001} not found")
+    out = tmp_path / "p001"
+    code, stdout, stderr = _run(capsys, str(P001), "--out", str(out), "--device", "cpu", "--png", "montage")
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "report.csv").exists() and (out / "montage.png").exists()
+    assert (out / "lesions_seg.dcm").exists()  # P001 is a COVID-19 case: lesions are expected
+    assert "148 slices" in stdout and RESEARCH_NOTICE in stdout
+    assert report
