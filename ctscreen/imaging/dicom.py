@@ -33,6 +33,7 @@ see :mod:`ctscreen.imaging.volume`.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -42,6 +43,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
@@ -223,6 +225,33 @@ def _sniff(path: str) -> str:
     return ""
 
 
+_HEADER_CHUNK = 65536
+_PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # (7FE0,0010) LE / BE
+
+
+def _read_header(path: str) -> Dataset:
+    """Header without pixel data; parses an in-memory chunk when the header fits in it.
+
+    Parsing from memory is about a third faster than from the file object (the
+    scan is on the path to the first slice on screen). The chunk result is
+    trusted only when parsing stopped exactly at the Pixel Data tag, or when the
+    chunk is the whole file; otherwise the file is parsed again from disk.
+    """
+    with open(path, "rb") as fh:
+        data = fh.read(_HEADER_CHUNK)
+    if len(data) == _HEADER_CHUNK:
+        bio = io.BytesIO(data)
+        try:
+            ds = pydicom.dcmread(bio, stop_before_pixels=True, force=True)
+        except Exception:
+            ds = None
+        pos = bio.tell()
+        if ds is not None and data[pos:pos + 4] in _PIXEL_DATA_TAGS:
+            return ds
+        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+
+
 def _iter_files(root: Path) -> Iterable[str]:
     if root.is_file():
         yield str(root)
@@ -231,6 +260,27 @@ def _iter_files(root: Path) -> Iterable[str]:
         dirnames.sort()
         for name in sorted(filenames):
             yield os.path.join(dirpath, name)
+
+
+def _text(ds: Dataset, keyword: str) -> Any:
+    """Value of a text element (DS, IS, CS...) without pydicom's value conversion.
+
+    Converting DS strings to ``DSfloat`` objects cost half of the scan time;
+    the raw bytes are split here instead ("\\" separates values, PS3.5 6.4).
+    Returns ``None`` when absent or empty, a str, or a list of str.
+    """
+    try:
+        elem = ds.get_item(keyword)
+    except (KeyError, ValueError):
+        return None
+    if elem is None:
+        return None
+    if isinstance(elem, RawDataElement):
+        if not elem.value:
+            return None
+        parts = elem.value.decode("latin-1").strip(" \x00").split("\\")
+        return parts if len(parts) > 1 else (parts[0] or None)
+    return elem.value
 
 
 def _floats(value: Any, n: int) -> tuple[float, ...] | None:
@@ -271,18 +321,18 @@ def _functional_group(ds: Dataset, index: int, keyword: str) -> Dataset | None:
 
 
 def _frames_of(path: str, ds: Dataset) -> list[_Frame]:
-    n_frames = _int_or_none(ds.get("NumberOfFrames")) or 1
-    sop = str(ds.get("SOPInstanceUID", "")) or path
-    inst = _int_or_none(ds.get("InstanceNumber"))
-    slope = _float_or(ds.get("RescaleSlope"), 1.0)
-    intercept = _float_or(ds.get("RescaleIntercept"), 0.0)
+    n_frames = _int_or_none(_text(ds, "NumberOfFrames")) or 1
+    sop = str(_text(ds, "SOPInstanceUID") or "") or path
+    inst = _int_or_none(_text(ds, "InstanceNumber"))
+    slope = _float_or(_text(ds, "RescaleSlope"), 1.0)
+    intercept = _float_or(_text(ds, "RescaleIntercept"), 0.0)
     if slope == 0.0:
         slope = 1.0
     enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
     if not enhanced:
-        pos = _floats(ds.get("ImagePositionPatient"), 3)
-        ori = _floats(ds.get("ImageOrientationPatient"), 6)
-        ps = _floats(ds.get("PixelSpacing"), 2)
+        pos = _floats(_text(ds, "ImagePositionPatient"), 3)
+        ori = _floats(_text(ds, "ImageOrientationPatient"), 6)
+        ps = _floats(_text(ds, "PixelSpacing"), 2)
         if n_frames == 1:
             return [_Frame(path, None, pos, ori, ps, inst, sop, slope, intercept, ds)]
         # Legacy multi-frame (MR, NM...): no per-frame geometry; frames in file order.
@@ -521,7 +571,7 @@ def scan_folder(path: str | os.PathLike[str]) -> ScanResult:
             ignored += 1
             continue
         try:
-            ds = pydicom.dcmread(fpath, stop_before_pixels=True, force=True)
+            ds = _read_header(fpath)
         except Exception as exc:  # corrupt header: say which file, go on
             notes.append(f"{fpath}: unreadable DICOM header ({type(exc).__name__}: {exc}) — skipped")
             continue
