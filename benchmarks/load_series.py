@@ -81,10 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("folder")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--no-imagecodecs", action="store_true",
+                    help="decode JPEG with pydicom's plugins only (the path without the optional accelerator)")
     args = ap.parse_args(argv)
     folder = str(Path(args.folder))
 
     from ctscreen.imaging import dicom
+    if args.no_imagecodecs:
+        dicom._jpeg8_decode = None
 
     ours, firsts, sitk_s, serial_s = [], [], [], []
     shape = sitk_shape = None
