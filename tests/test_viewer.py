@@ -236,7 +236,7 @@ def test_open_p001_scroll_and_tags(window, qtbot):
     assert RESEARCH_NOTICE in window.windowTitle()
     assert window.notice_label.isVisible() and window.notice_label.text() == RESEARCH_NOTICE
     assert window.settings.recent_folders()[0] == str(P001)
-    assert not window.progress.isVisible()
+    qtbot.waitUntil(lambda: not window.progress.isVisible() and not window.cancel_button.isVisible(), timeout=5000)
 
     wheel(view, -3)  # three notches towards the user: three slices on
     assert view.slice_index == 3
@@ -372,3 +372,16 @@ def test_screenshot_cli_fails_cleanly(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("ctscreen view: error:")]
     assert len(lines) == 1 and str(empty) in lines[0]
     assert not out.exists()
+
+
+@needs_p001
+def test_cancel_loading_keeps_window_usable(window, qtbot):
+    with qtbot.waitSignal(window.loadCancelled, timeout=30000):
+        window.open_path(P001)
+        window.cancel_button.click()
+    qtbot.waitUntil(lambda: not window.loader.busy, timeout=10000)
+    assert window.slice_view.volume is None
+    assert not window.progress.isVisible() and not window.cancel_button.isVisible()
+    assert "cancelled" in window.statusBar().currentMessage().lower()
+    with qtbot.waitSignal(window.volumeLoaded, timeout=60000):
+        window.open_path(P001)

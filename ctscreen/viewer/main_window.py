@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QProgressBar,
-                               QToolButton, QWidget)
+                               QStyle, QToolButton, QWidget)
 
 from ctscreen import RESEARCH_NOTICE, __version__
 from ctscreen.errors import CtscreenError
@@ -26,6 +26,7 @@ from ctscreen.viewer.worker import GeneratorWorker
 log = logging.getLogger(__name__)
 
 APP_TITLE = "ctscreen"
+ICON_DIR = Path(__file__).resolve().parents[1] / "resources" / "icons"
 HELP_TEXT = """<b>Mouse</b><br>
 Wheel: next / previous slice<br>
 Ctrl + wheel: zoom &nbsp;·&nbsp; left or middle drag: pan<br>
@@ -34,6 +35,10 @@ Right drag: window (left/right = width, up/down = level)<br><br>
 Up / Down: one slice &nbsp;·&nbsp; Page Up / Page Down: 10 slices &nbsp;·&nbsp; Home / End: first / last<br>
 1 lung &nbsp;·&nbsp; 2 mediastinum &nbsp;·&nbsp; 3 bone &nbsp;·&nbsp; 4 soft tissue &nbsp;·&nbsp; R: reset zoom and pan<br><br>
 Drop a DICOM folder or files on the window to open them."""
+
+
+def app_icon() -> QIcon:
+    return QIcon(str(ICON_DIR / "ctscreen.svg"))
 
 
 def describe_error(exc: BaseException) -> str:
@@ -77,6 +82,7 @@ class MainWindow(QMainWindow):
         self._error_box: QMessageBox | None = None
         self._shown: tuple[Volume, int | None] | None = None
         self._shown_index = 0
+        self._scan_notes: list[str] = []
         self.setObjectName("ctscreenMainWindow")
         self.setAcceptDrops(True)
 
@@ -94,6 +100,8 @@ class MainWindow(QMainWindow):
         self._build_status_bar()
         self._build_actions()
         self._build_menus()
+        self._build_toolbar()
+        self.setWindowIcon(app_icon())
 
         self.loader = StudyLoader(self)
         self.loader.scanned.connect(self._on_scanned)
@@ -152,7 +160,7 @@ class MainWindow(QMainWindow):
         self.cancel_button.hide()
         self.notice_label = QLabel(RESEARCH_NOTICE)
         self.notice_label.setObjectName("researchNotice")
-        self.notice_label.setStyleSheet("color: #b00020; font-weight: bold; padding: 0 6px;")
+        self.notice_label.setStyleSheet("color: #ff6b5e; font-weight: bold; padding: 0 6px;")
         self.notice_label.setToolTip("ctscreen is a research tool. Its output must not be used for diagnosis.")
         bar.addWidget(self.cursor_label)
         bar.addWidget(self.warning_label)
@@ -168,7 +176,7 @@ class MainWindow(QMainWindow):
         self.cancel_action = QAction("Cancel", self, shortcut=QKeySequence(Qt.Key.Key_Escape),
                                      triggered=self.cancel_work)
         self.addAction(self.cancel_action)
-        self.reset_view_action = QAction("&Reset zoom and pan", self, shortcut=QKeySequence("R"),
+        self.reset_view_action = QAction("&Reset view", self, shortcut=QKeySequence("R"),
                                          triggered=self.slice_view.reset_view)
         self.preset_group = QActionGroup(self)
         self.preset_group.setExclusive(True)
@@ -212,6 +220,25 @@ class MainWindow(QMainWindow):
         help_menu.addAction(self.about_action)
         self.help_menu = help_menu
 
+    def _build_toolbar(self) -> None:
+        bar = self.addToolBar("Main")
+        bar.setObjectName("mainToolBar")
+        bar.setMovable(False)
+        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.open_action.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_DirOpenIcon))
+        bar.addAction(self.open_action)
+        bar.addSeparator()
+        for name, action in self.preset_actions.items():
+            button_action = QAction(PRESET_LABELS[name], self, checkable=True)
+            button_action.setToolTip(f"{action.text()}  [{action.shortcut().toString()}]")
+            # Mirror the menu action (which owns the shortcut) so both stay in step.
+            button_action.triggered.connect(action.trigger)
+            action.toggled.connect(button_action.setChecked)
+            button_action.setChecked(action.isChecked())
+            bar.addAction(button_action)
+        bar.addAction(self.reset_view_action)
+        self.toolbar = bar
+
     def _fill_recent_menu(self) -> None:
         self.recent_menu.clear()
         recent = self.settings.recent_folders()
@@ -229,6 +256,7 @@ class MainWindow(QMainWindow):
         """Open a DICOM folder or file: scan, pick the series, load in the background."""
         path = os.fspath(path)
         self._pending_slice = slice_index
+        self._scan_notes = []
         self._stop_thumbnails()
         self.last_error = ""
         self.warning_label.setText("")
@@ -259,8 +287,9 @@ class MainWindow(QMainWindow):
 
     def _on_scanned(self, result: Any, chosen: Any) -> None:
         series = list(getattr(result, "series", []) or [])
-        for warning in getattr(result, "warnings", ()) or ():
-            log.warning("%s", warning)
+        self._scan_notes = list(getattr(result, "warnings", ()) or ())
+        for note in self._scan_notes:
+            log.info("%s", note)
         if len(series) > 1:
             self.series_browser.set_series(series, series_uid(chosen) if chosen is not None else "",
                                            int(getattr(result, "ignored_count", 0) or 0))
@@ -298,7 +327,7 @@ class MainWindow(QMainWindow):
         self.slice_view.set_volume(volume, slice_index)
         current = self.loader.current_series
         self.series_browser.set_current(series_uid(current) if current is not None else volume.series_instance_uid)
-        warnings = list(volume.warnings)
+        warnings = list(volume.warnings) + [n for n in self._scan_notes if n not in volume.warnings]
         if warnings:
             self.warning_label.setText(f"⚠ {len(warnings)} warning{'s' if len(warnings) > 1 else ''}")
             self.warning_label.setToolTip("\n".join(warnings))

@@ -92,6 +92,8 @@ class SeriesBrowser(QWidget):
         self.list = QListWidget()
         self.list.setIconSize(QSize(THUMB_PX, THUMB_PX))
         self.list.setSpacing(2)
+        self.list.setWordWrap(True)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.list.setToolTip("Double-click or press Enter to open a series")
         self.list.itemActivated.connect(self._on_activated)
         layout = QVBoxLayout(self)

@@ -89,12 +89,21 @@ class SliceViewBox(pg.ViewBox):
 
 
 class _Graphics(pg.GraphicsLayoutWidget):
-    """The graphics widget; slice keys are handled here so they work whenever it has focus."""
+    """The graphics widget; slice keys are handled here so they work whenever it has focus.
+
+    ``painted`` is emitted after each repaint, so latency can be measured up to the screen.
+    """
+
+    painted = Signal()
 
     def __init__(self, view: "SliceView") -> None:
         super().__init__()
         self._view = view
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+
+    def paintEvent(self, ev) -> None:  # noqa: N802 - Qt override
+        super().paintEvent(ev)
+        self.painted.emit()
 
     def keyPressEvent(self, ev: QKeyEvent) -> None:  # noqa: N802 - Qt override
         if self._view.handle_key(ev.key()):
@@ -144,6 +153,7 @@ class SliceView(QWidget):
         self.slider.setInvertedAppearance(True)  # slice 1 at the top, like the scroll direction
         self.slider.setInvertedControls(True)
         self.slider.setEnabled(False)
+        self.slider.setVisible(False)
         self.slider.setToolTip("Slice (wheel, Up/Down, Page Up/Down, Home/End)")
         self.slider.valueChanged.connect(self.set_slice)
 
@@ -178,6 +188,8 @@ class SliceView(QWidget):
         self.orient_right = text((1, 0.5), _DIM_COLOUR, bold=True)
         self.orient_top = text((0.5, 0), _DIM_COLOUR, bold=True)
         self.orient_bottom = text((0.5, 1), _DIM_COLOUR, bold=True)
+        self.empty_hint = text((0.5, 0.5), (150, 150, 150))
+        self.empty_hint.setText("Drop a DICOM folder or files here\nor use File → Open folder… (Ctrl+O)")
 
     def _place_annotations(self, *_: object) -> None:
         rect = self.view_box.boundingRect()
@@ -191,6 +203,7 @@ class SliceView(QWidget):
         # Top/bottom letters sit below/above the corner text blocks' first line.
         self.orient_top.setPos(w / 2, m)
         self.orient_bottom.setPos(w / 2, h - m)
+        self.empty_hint.setPos(w / 2, h / 2)
 
     def _update_annotations(self) -> None:
         vol = self._volume
@@ -211,6 +224,7 @@ class SliceView(QWidget):
             self.orient_top.setText(orientation_letter(-down))
             self._update_slice_text()
         self._update_window_text()
+        self.empty_hint.setVisible(vol is None and self._preview is None)
         self._place_annotations()
 
     def _update_slice_text(self) -> None:
@@ -266,6 +280,7 @@ class SliceView(QWidget):
         self._cursor = None
         self.image_item.clear()
         self.slider.setEnabled(False)
+        self.slider.setVisible(False)
         self._update_annotations()
 
     def show_preview(self, hu_slice: np.ndarray, spacing_yx_mm: tuple[float, float] = (1.0, 1.0)) -> None:
@@ -291,6 +306,7 @@ class SliceView(QWidget):
         self.slider.setValue(k)
         self.slider.blockSignals(False)
         self.slider.setEnabled(n > 1)
+        self.slider.setVisible(n > 1)
         self._update_annotations()
         self._refresh_cursor()
         self.sliceChanged.emit(k)
