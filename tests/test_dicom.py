@@ -237,6 +237,8 @@ def test_unsupported_transfer_syntax_names_syntax_and_plugin(tmp_path, monkeypat
     with pytest.raises(UnsupportedTransferSyntax, match=r"MPEG2 Main Profile / Main Level \(1\.2\.840\.10008\.1\.2\.4\.100\)"):
         load_series(syn.folder)
 
+    assert "unknown transfer syntax 1.2.3.4 cannot be decoded" in dicom._decoder_problem("1.2.3.4")
+
     class Missing:
         is_available = False
     monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda uid: Missing())
@@ -289,6 +291,7 @@ def test_real_series_lung_pet_ct_uncompressed(shared):
     assert np.all(np.diff(vol.z_mm) == pytest.approx(-8.0, abs=1e-3))
 
 
+@pytest.mark.slow
 def test_info_json(shared, capsys):
     from ctscreen.cli import main
     assert main(["info", str(DICOM_DATA / "covid-ct-md"), "--json"]) == 0

@@ -119,3 +119,28 @@ def test_truncated_copy_gives_an_error_naming_it(tmp_path, name):
     assert len(scan.series) == 1  # headers only: the damage shows when decoding
     with pytest.raises(NotADicomSeries, match=rf"could be decoded: {cut}: cannot decode .* slice skipped"):
         load_series(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_random_damage_never_crashes(tmp_path):
+    """Flipped header bytes and cut files end in a warning or a CtscreenError, nothing else."""
+    import random
+
+    from ctscreen.errors import CtscreenError
+
+    sources = [EDGE_CASES / n for n in ("CT_JPEG70.dcm", "MR_Explicit_Little_MultiFrame.dcm",
+                                        "eCT_Supplemental.dcm", "US_Explicit_Big_RGB.dcm")]
+    for seed in range(60):
+        rng = random.Random(seed)
+        data = bytearray(rng.choice(sources).read_bytes())
+        for _ in range(rng.randint(1, 30)):
+            data[rng.randrange(0, 5000)] = rng.randrange(256)
+        if rng.random() < 0.3:
+            data = data[: rng.randrange(len(data))]
+        folder = tmp_path / str(seed)
+        folder.mkdir()
+        (folder / "f.dcm").write_bytes(bytes(data))
+        try:
+            load_series(folder)
+        except CtscreenError:
+            pass

@@ -47,7 +47,13 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from ctscreen.errors import Cancelled, NotADicomSeries, UnsupportedTransferSyntax
+from ctscreen.errors import (
+    Cancelled,
+    CtscreenError,
+    NotADicomSeries,
+    SeriesGeometryError,
+    UnsupportedTransferSyntax,
+)
 from ctscreen.imaging.volume import Volume
 
 __all__ = [
@@ -262,6 +268,14 @@ def _iter_files(root: Path) -> Iterable[str]:
             yield os.path.join(dirpath, name)
 
 
+def _get(ds: Any, keyword: str, default: Any = None) -> Any:
+    """``ds.get`` that never raises: a damaged element reads as missing."""
+    try:
+        return ds.get(keyword, default)
+    except Exception:
+        return default
+
+
 def _text(ds: Dataset, keyword: str) -> Any:
     """Value of a text element (DS, IS, CS...) without pydicom's value conversion.
 
@@ -271,7 +285,7 @@ def _text(ds: Dataset, keyword: str) -> Any:
     """
     try:
         elem = ds.get_item(keyword)
-    except (KeyError, ValueError):
+    except Exception:
         return None
     if elem is None:
         return None
@@ -311,7 +325,7 @@ def _float_or(value: Any, default: float) -> float:
 def _functional_group(ds: Dataset, index: int, keyword: str) -> Dataset | None:
     """Item of a functional group macro for one frame (per-frame wins over shared)."""
     for groups_kw, i in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
-        groups = ds.get(groups_kw)
+        groups = _get(ds, groups_kw)
         if groups is None or len(groups) <= i:
             continue
         seq = groups[i].get(keyword)
@@ -376,8 +390,12 @@ def _transfer_syntax(ds: Dataset) -> str:
 def _decoder_problem(ts: str) -> str:
     """'' when pydicom can decode ``ts`` here, else what to install."""
     uid = UID(ts)
-    if not uid.is_compressed:
-        return ""
+    try:
+        if not uid.is_compressed:
+            return ""
+    except ValueError:  # not a transfer syntax pydicom knows (private or misspelt)
+        return (f"pixel data in unknown transfer syntax {ts} cannot be decoded; "
+                "convert the series to a standard transfer syntax and try again")
     try:
         decoder = pydicom.pixels.get_decoder(uid)
     except NotImplementedError:
@@ -477,14 +495,14 @@ def _arrange(frames: list[_Frame]) -> _Arrangement:
                 warnings.append(f"uneven slice spacing: {diffs.min():.2f} to {diffs.max():.2f} mm "
                                 f"(median {med:.2f} mm used for the volume)")
         else:
-            med = _float_or(frames[kept[0]].header.get("SpacingBetweenSlices"), 1.0) if kept else 1.0
+            med = _float_or(_get(frames[kept[0]].header, "SpacingBetweenSlices"), 1.0) if kept else 1.0
         return _Arrangement(tuple(frames[i] for i in kept), tuple(float(v) for v in z),
                             med, -n, tuple(warnings))
     # No geometry: InstanceNumber order (PS3.3 says it is not geometry, hence the warning).
     order = sorted(range(len(frames)),
                    key=lambda i: (frames[i].instance_number is None, frames[i].instance_number or 0,
                                   frames[i].path, frames[i].frame or 0))
-    sbs = _float_or(frames[0].header.get("SpacingBetweenSlices"), 0.0) if frames else 0.0
+    sbs = _float_or(_get(frames[0].header, "SpacingBetweenSlices"), 0.0) if frames else 0.0
     spacing = sbs if sbs > 0 else 1.0
     if len(frames) > 1:
         missing = sum(f.position is None for f in frames)
@@ -504,8 +522,8 @@ def _arrange(frames: list[_Frame]) -> _Arrangement:
 def _series_info(key: str, frames: list[_Frame], extra_warnings: list[str]) -> SeriesInfo:
     hdr = frames[0].header
     arr = _arrange(frames)
-    modality = str(hdr.get("Modality", "") or "")
-    spp = _int_or_none(hdr.get("SamplesPerPixel")) or 1
+    modality = str(_get(hdr, "Modality", "") or "")
+    spp = _int_or_none(_get(hdr, "SamplesPerPixel")) or 1
     ori = frames[0].orientation
     files = tuple(dict.fromkeys(f.path for f in frames))
     syntaxes = tuple(sorted({_transfer_syntax(f.header) for f in frames}))
@@ -516,10 +534,10 @@ def _series_info(key: str, frames: list[_Frame], extra_warnings: list[str]) -> S
             warnings.append(problem)
     return SeriesInfo(
         key=key,
-        series_instance_uid=str(hdr.get("SeriesInstanceUID", "")),
-        study_instance_uid=str(hdr.get("StudyInstanceUID", "")),
+        series_instance_uid=str(_get(hdr, "SeriesInstanceUID", "")),
+        study_instance_uid=str(_get(hdr, "StudyInstanceUID", "")),
         modality=modality,
-        series_description=str(hdr.get("SeriesDescription", "") or ""),
+        series_description=str(_get(hdr, "SeriesDescription", "") or ""),
         files=files,
         slice_count=len(arr.frames),
         rows=int(hdr.Rows),
@@ -581,9 +599,9 @@ def scan_folder(path: str | os.PathLike[str]) -> ScanResult:
             else:  # parsed with force=True but holds nothing DICOM-like
                 ignored += 1
             continue
-        sop_class = str(ds.get("SOPClassUID", "")
+        sop_class = str(_get(ds, "SOPClassUID", "")
                         or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
-        modality = str(ds.get("Modality", "") or "")
+        modality = str(_get(ds, "Modality", "") or "")
         if sop_class == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
             skipped.setdefault("DICOMDIR (folder index)", []).append(fpath)
             continue
@@ -597,8 +615,8 @@ def scan_folder(path: str | os.PathLike[str]) -> ScanResult:
         except Exception as exc:
             notes.append(f"{fpath}: unusable image header ({type(exc).__name__}: {exc}) — skipped")
             continue
-        uid = str(ds.get("SeriesInstanceUID", "") or f"(no SeriesInstanceUID) {Path(fpath).parent}")
-        spp = _int_or_none(ds.get("SamplesPerPixel")) or 1
+        uid = str(_get(ds, "SeriesInstanceUID", "") or f"(no SeriesInstanceUID) {Path(fpath).parent}")
+        spp = _int_or_none(_get(ds, "SamplesPerPixel")) or 1
         multi = frames[0].frame is not None
         ori = frames[0].orientation
         clusters = groups.setdefault(uid, [])
@@ -623,7 +641,11 @@ def scan_folder(path: str | os.PathLike[str]) -> ScanResult:
                               f"split into {len(clusters)} series (this is part {i + 1}: "
                               f"{rows}x{cols}, {_plane(ori)})"]
             key = uid if len(clusters) == 1 else f"{uid}#{i + 1}"
-            series.append(_series_info(key, frames, split_note))
+            try:
+                series.append(_series_info(key, frames, split_note))
+            except Exception as exc:  # inconsistent headers: report, keep the other series
+                notes.append(f"series {key} in {Path(frames[0].path).parent} skipped: "
+                             f"unusable headers ({type(exc).__name__}: {exc})")
     series.sort(key=_series_sort_key)
     return ScanResult(series=series, ignored_count=ignored, warnings=tuple(notes))
 
@@ -733,14 +755,14 @@ def _fast_jpeg(path: str, header: Dataset) -> np.ndarray | None:
     arr = np.asarray(_jpeg8_decode(frame))
     if arr.shape != (int(header.Rows), int(header.Columns)) or arr.dtype not in (np.uint8, np.uint16):
         return None
-    return _sign_correct(arr, _int_or_none(header.get("BitsStored")) or 16,
-                         int(header.get("PixelRepresentation", 0) or 0) == 1)
+    return _sign_correct(arr, min(max(_int_or_none(_get(header, "BitsStored")) or 16, 1), 16),
+                         _int_or_none(_get(header, "PixelRepresentation")) == 1)
 
 
 def _decode_file(path: str, header: Dataset, ts: str, frames: list[int | None]) -> dict[int | None, np.ndarray]:
     """Stored pixel values of the wanted frames of one file (runs in a worker thread)."""
     if (frames == [None] and _jpeg8_decode is not None and ts in _FAST_JPEG_SYNTAXES
-            and (_int_or_none(header.get("SamplesPerPixel")) or 1) == 1):
+            and (_int_or_none(_get(header, "SamplesPerPixel")) or 1) == 1):
         try:
             arr = _fast_jpeg(path, header)
         except Exception:
@@ -758,13 +780,57 @@ def _decode_file(path: str, header: Dataset, ts: str, frames: list[int | None]) 
         ds.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = UID(ts)
     arr = ds.pixel_array
-    n_frames = _int_or_none(ds.get("NumberOfFrames")) or 1
-    spp = _int_or_none(ds.get("SamplesPerPixel")) or 1
+    n_frames = _int_or_none(_get(ds, "NumberOfFrames")) or 1
+    spp = _int_or_none(_get(ds, "SamplesPerPixel")) or 1
     if n_frames == 1:
         arr = arr[np.newaxis]
     if spp == 3:  # view colour images as luminance (ITU-R BT.601)
         arr = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
     return {f: arr[0 if f is None else f] for f in frames}
+
+
+@dataclass
+class _LoadPlan:
+    """What iter_load_series decodes, into which array, and how."""
+
+    arrangement: _Arrangement
+    frames: list[_Frame]
+    warnings: list[str]
+    rows: int
+    cols: int
+    disp: _Display
+    dtype: type
+    bits: int
+
+
+def _plan_load(info: SeriesInfo) -> _LoadPlan:
+    """Order the frames, check decoders, choose the output dtype (PS3.3 C.11.1 range)."""
+    arr = _arrange(list(info.frames))
+    warnings: list[str] = []
+    frames = list(arr.frames)
+    # Undecodable transfer syntaxes: fail now with what to install.
+    bad = {ts: _decoder_problem(ts) for ts in {_transfer_syntax(f.header) for f in frames}}
+    bad = {ts: msg for ts, msg in bad.items() if msg}
+    if bad:
+        usable = [f for f in frames if _transfer_syntax(f.header) not in bad]
+        if not usable:
+            raise UnsupportedTransferSyntax(f"{info.files[0]}: " + "; ".join(bad.values()))
+        warnings.extend(f"skipped {len(frames) - len(usable)} slice(s): {msg}" for msg in bad.values())
+        frames = usable
+    hdr = frames[0].header
+    rows, cols = int(hdr.Rows), int(hdr.Columns)
+    disp = _display_transform(info.orientation)
+    slopes = np.array([f.slope for f in frames])
+    intercepts = np.array([f.intercept for f in frames])
+    integral = bool(np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts))) \
+        and info.samples_per_pixel == 1
+    bits = min(max(_int_or_none(_get(hdr, "BitsStored")) or 16, 1), 32)
+    signed = _int_or_none(_get(hdr, "PixelRepresentation")) == 1
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    ends = np.concatenate([slopes * lo + intercepts, slopes * hi + intercepts])
+    fits16 = integral and ends.min() >= -32768 and ends.max() <= 32767
+    dtype = np.int16 if fits16 else (np.int32 if integral else np.float32)
+    return _LoadPlan(arr, frames, warnings, rows, cols, disp, dtype, bits)
 
 
 def iter_load_series(
@@ -808,31 +874,17 @@ def iter_load_series(
         info, scan_notes = _pick_series(path_or_series)
     check_cancel()
 
-    arr = _arrange(list(info.frames))
-    warnings = list(scan_notes) + list(info.warnings)
-    frames = list(arr.frames)
-    # Undecodable transfer syntaxes: fail now with what to install.
-    bad = {ts: _decoder_problem(ts) for ts in {_transfer_syntax(f.header) for f in frames}}
-    bad = {ts: msg for ts, msg in bad.items() if msg}
-    if bad:
-        usable = [f for f in frames if _transfer_syntax(f.header) not in bad]
-        if not usable:
-            raise UnsupportedTransferSyntax(f"{info.files[0]}: " + "; ".join(bad.values()))
-        frames = usable
-
-    hdr = frames[0].header
-    rows, cols = int(hdr.Rows), int(hdr.Columns)
-    disp = _display_transform(info.orientation)
-    slopes = np.array([f.slope for f in frames])
-    intercepts = np.array([f.intercept for f in frames])
-    integral = bool(np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts))) \
-        and info.samples_per_pixel == 1
-    bits = _int_or_none(hdr.get("BitsStored")) or 16
-    signed = int(hdr.get("PixelRepresentation", 0) or 0) == 1
-    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    ends = np.concatenate([slopes * lo + intercepts, slopes * hi + intercepts]) if len(frames) else np.zeros(1)
-    fits16 = integral and ends.min() >= -32768 and ends.max() <= 32767
-    dtype = np.int16 if fits16 else (np.int32 if integral else np.float32)
+    try:
+        plan = _plan_load(info)
+    except CtscreenError:
+        raise
+    except Exception as exc:  # damaged headers must not crash the caller
+        raise SeriesGeometryError(
+            f"series {info.key} in {Path(info.files[0]).parent}: the headers do not describe a usable "
+            f"image ({type(exc).__name__}: {exc}) — the files may be damaged") from exc
+    arr, frames, rows, cols = plan.arrangement, plan.frames, plan.rows, plan.cols
+    disp, dtype, bits = plan.disp, plan.dtype, plan.bits
+    warnings = list(scan_notes) + list(info.warnings) + plan.warnings
     shape_yx = (cols, rows) if disp.transpose else (rows, cols)
     total = len(frames)
     out = np.zeros((total,) + shape_yx, dtype=dtype)
@@ -958,9 +1010,9 @@ def _make_volume(info: SeriesInfo, frames: list[_Frame], hu: np.ndarray, arr: _A
         series_instance_uid=info.series_instance_uid,
         study_instance_uid=info.study_instance_uid,
         series_description=info.series_description,
-        patient_name=str(hdr.get("PatientName", "") or ""),
-        patient_id=str(hdr.get("PatientID", "") or ""),
-        frame_of_reference_uid=str(hdr.get("FrameOfReferenceUID", "") or ""),
+        patient_name=str(_get(hdr, "PatientName", "") or ""),
+        patient_id=str(_get(hdr, "PatientID", "") or ""),
+        frame_of_reference_uid=str(_get(hdr, "FrameOfReferenceUID", "") or ""),
         source_files=tuple(f.path for f in frames),
         warnings=tuple(dict.fromkeys(warnings)),
         not_analysable_reason=reason,
