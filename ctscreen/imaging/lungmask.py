@@ -54,6 +54,10 @@ AIR_HU = -500.0
 WORK_PIXEL_MM = 1.5
 #: Radius of the per-slice closing that brings dense lesions along the pleura into the lung.
 CLOSING_RADIUS_MM = 10.0
+#: Dents of a lung slice opening onto the chest wall are lung up to this depth (mm) ...
+MAX_PLEURAL_POCKET_MM = 30.0
+#: ... when no point of their mouth lies more than this (mm) deeper under the skin than the shallower end of the mouth.
+POCKET_MOUTH_TOLERANCE_MM = 15.0
 #: A kept air component must hold at least this fraction of the largest one ...
 MIN_COMPONENT_FRACTION = 0.02
 #: ... and at least this many millilitres.
@@ -103,8 +107,10 @@ def lung_mask_from_hu(
         Voxel spacing (z, y, x) in mm.
     direction
         3x3 matrix whose column ``i`` is the LPS unit vector of array axis ``i``
-        (as :attr:`Volume.direction`); identity when None (columns run towards
-        the patient's left, index 0 is the most inferior slice).
+        (as :attr:`Volume.direction`). When None, or when array axis 0 does not
+        run head-feet (e.g. the identity placeholder of a hand-made ``Volume``),
+        the standard axial layout is assumed: index 0 is the most superior
+        slice, rows run posterior, columns run towards the patient's left.
     progress
         Optional callback receiving the fraction done (0..1).
     """
@@ -135,7 +141,7 @@ def iter_lung_mask_from_hu(
     hu = np.asarray(hu)
     if hu.ndim != 3:
         raise ValueError(f"lung mask needs a (z, y, x) volume, got shape {hu.shape}")
-    direction = np.eye(3) if direction is None else np.asarray(direction, dtype=float)
+    direction = _axial_direction(direction)
     dz, dy, dx = (float(s) for s in spacing_mm)
     full_shape = hu.shape
 
@@ -149,8 +155,7 @@ def iter_lung_mask_from_hu(
     # 2-3. air inside the body.
     air = small < AIR_HU
     del small
-    inside_air = _drop_border_connected(air)
-    body = _body_mask(air)
+    inside_air, body = _split_air(air)
     yield 0.25
 
     # 4. large air components reaching the upper half of the chest.
@@ -168,7 +173,7 @@ def iter_lung_mask_from_hu(
     yield 0.75
 
     # 7. closing + hole filling per lung, keep airways out.
-    labels = _close_and_fill(labels, spacing)
+    labels = _close_and_fill(labels, spacing, body)
     labels[ndi.binary_dilation(airway, structure=_disk_struct_2d(1))] = 0
     yield 0.9
 
@@ -202,26 +207,29 @@ _STRUCT_2D_IN_3D = np.zeros((3, 3, 3), dtype=bool)
 _STRUCT_2D_IN_3D[1] = ndi.generate_binary_structure(2, 1)
 
 
-def _drop_border_connected(air: np.ndarray) -> np.ndarray:
-    """Remove, slice by slice, air connected to the in-plane image border."""
-    lab, n = ndi.label(air, structure=_STRUCT_2D_IN_3D)
-    if n == 0:
-        return air.copy()
-    border = np.zeros(n + 1, dtype=bool)
-    for edge in (lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]):
-        border[np.unique(edge)] = True
-    border[0] = True
-    return ~border[lab]
-
-
-def _body_mask(air: np.ndarray) -> np.ndarray:
-    """Per slice: everything not connected to the border through air."""
+def _split_air(air: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice: air inside the body, and the body (all not reached from the border through air)."""
     lab, n = ndi.label(air, structure=_STRUCT_2D_IN_3D)
     border = np.zeros(n + 1, dtype=bool)
     for edge in (lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]):
         border[np.unique(edge)] = True
     border[0] = False
-    return ~border[lab]
+    outside = border[lab]
+    return air & ~outside, ~outside
+
+
+#: Standard axial layout of ctscreen volumes (see ``ctscreen.imaging.dicom``):
+#: axis 0 towards the feet, axis 1 posterior, axis 2 towards the patient's left.
+_STANDARD_AXIAL = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+
+
+def _axial_direction(direction: np.ndarray | None) -> np.ndarray:
+    if direction is None:
+        return _STANDARD_AXIAL
+    d = np.asarray(direction, dtype=float)
+    if d.shape != (3, 3) or abs(d[2, 0]) < 0.5:
+        return _STANDARD_AXIAL
+    return d
 
 
 def _superior_is_low_index(direction: np.ndarray) -> bool:
@@ -374,7 +382,8 @@ def _body_center_x(lungs, spacing, direction) -> float:
 
 def _erode_until_two(mask: np.ndarray, max_iter: int = 12) -> list[np.ndarray] | None:
     """Erode in-plane until the mask falls apart into two large components."""
-    cur = mask
+    box = ndi.find_objects(mask.astype(np.uint8))[0]
+    cur = mask[box]
     struct = _STRUCT_2D_IN_3D
     for _ in range(max_iter):
         cur = ndi.binary_erosion(cur, structure=struct)
@@ -388,7 +397,12 @@ def _erode_until_two(mask: np.ndarray, max_iter: int = 12) -> list[np.ndarray] |
         order = np.argsort(sizes)[::-1]
         a, b = int(order[0]), int(order[1])
         if sizes[b] >= 0.1 * cur.sum():
-            return [lab == a, lab == b]
+            seeds = []
+            for i in (a, b):
+                full = np.zeros_like(mask)
+                full[box] = lab == i
+                seeds.append(full)
+            return seeds
     return None
 
 
@@ -405,11 +419,13 @@ def _grow_labels_within(labels: np.ndarray, mask: np.ndarray, spacing) -> None:
     sub[f] = nearest[f]
 
 
-def _close_and_fill(labels: np.ndarray, spacing) -> np.ndarray:
+def _close_and_fill(labels: np.ndarray, spacing, body: np.ndarray) -> np.ndarray:
     r_px = max(1, int(round(CLOSING_RADIUS_MM / float(spacing[2]))))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r_px + 1, 2 * r_px + 1))
+    px_mm = float(spacing[2])
     out = np.zeros_like(labels)
     pad = r_px + 1
+    skin_dist: dict[int, np.ndarray] = {}
     for side in (RIGHT, LEFT):
         m = labels == side
         zs = np.nonzero(m.any(axis=(1, 2)))[0]
@@ -417,13 +433,99 @@ def _close_and_fill(labels: np.ndarray, spacing) -> np.ndarray:
         for k in zs:
             sl = np.pad(m[k].astype(np.uint8), pad)
             c = cv2.morphologyEx(sl, cv2.MORPH_CLOSE, kernel)[pad:-pad, pad:-pad]
-            closed[k] = c.astype(bool)
-        closed = _fill_holes(closed, spacing)
+            if k not in skin_dist:
+                skin_dist[k] = cv2.distanceTransform(body[k].astype(np.uint8), cv2.DIST_L2, 5) * px_mm
+            blocked = (labels[k] > 0) & (labels[k] != side)
+            closed[k] = _add_pleural_pockets(c, skin_dist[k], blocked, px_mm)
+        if not closed.any():
+            continue
+        box = _padded_box(closed, 1)
+        closed[box] = _fill_holes(closed[box], spacing)
         out[closed & (out == 0)] = side
     # Where the closings overlap, the original label wins.
     orig = labels > 0
     out[orig] = labels[orig]
     return out
+
+
+def _add_pleural_pockets(m: np.ndarray, skin_mm: np.ndarray, blocked: np.ndarray, px_mm: float) -> np.ndarray:
+    """Add the dents of one lung slice that open onto the chest wall (dense lesions at the pleura).
+
+    Dents are the parts of the slice's convex hull the lung does not fill. A
+    dent is taken as lung when its mouth (the part on the hull) runs along the
+    chest wall: no point of the mouth lies more than ``POCKET_MOUTH_TOLERANCE_MM``
+    deeper under the skin than the shallower of its two ends (where it meets
+    the lung). A mouth across the
+    mediastinum (heart, hilum) dips far from the skin in its middle and is left
+    out. Dents deeper than ``MAX_PLEURAL_POCKET_MM`` or larger than half the
+    lung's area in the slice (the liver or spleen dome rounded by a thin lung
+    base) are left out too.
+    """
+    mb = m.astype(bool)
+    area = int(mb.sum())
+    if area < 50:
+        return mb
+    pts = cv2.findNonZero(m.astype(np.uint8))
+    x0, y0, w, h = cv2.boundingRect(pts)
+    crop = (slice(max(0, y0 - 4), y0 + h + 4), slice(max(0, x0 - 4), x0 + w + 4))
+    out = mb.copy()
+    out[crop] = _pockets_in_crop(mb[crop], skin_mm[crop], blocked[crop], px_mm, area)
+    return out
+
+
+def _pockets_in_crop(mb: np.ndarray, skin_mm: np.ndarray, blocked: np.ndarray, px_mm: float, area: int) -> np.ndarray:
+    m = mb.astype(np.uint8)
+    hull = np.zeros(m.shape, np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(cv2.findNonZero(m)), 1)
+    hb = hull.astype(bool)
+    edge = hb & ~cv2.erode(hull, np.ones((3, 3), np.uint8), borderValue=0).astype(bool)
+    dent = hb & ~mb & ~blocked
+    if not dent.any():
+        return mb
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(dent.astype(np.uint8), connectivity=4)
+    depth = None
+    ring = np.ones((5, 5), np.uint8)
+    out = mb.copy()
+    for i in range(1, n):
+        if stats[i, cv2.CC_STAT_AREA] > 0.5 * area:
+            continue
+        x0, y0, w, h = (int(v) for v in stats[i, :4])
+        box = (slice(max(0, y0 - 3), y0 + h + 3), slice(max(0, x0 - 3), x0 + w + 3))
+        comp = lab[box] == i
+        mouth = comp & edge[box]
+        if not mouth.any():
+            continue  # a hole; hole filling deals with it
+        # Lung pleura right beside the mouth: its two ends.
+        beside = cv2.dilate(mouth.astype(np.uint8), ring).astype(bool) & edge[box] & mb[box]
+        if not beside.any():
+            continue
+        n_end, end_lab = cv2.connectedComponents(beside.astype(np.uint8), connectivity=8)
+        if n_end < 3:
+            continue  # not closed by lung at both ends: it opens onto the other lung or the mediastinum
+        sk = skin_mm[box]
+        shallow_end = min(float(sk[end_lab == j].max()) for j in range(1, n_end))
+        if float(sk[mouth].max()) > shallow_end + POCKET_MOUTH_TOLERANCE_MM:
+            continue
+        if depth is None:
+            depth = cv2.distanceTransform(hull, cv2.DIST_L2, 5) * px_mm
+        if float(depth[box][comp].max()) > MAX_PLEURAL_POCKET_MM:
+            continue
+        out[box] |= comp
+    return out
+
+
+def _padded_box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` grown by ``pad`` in-plane (whole slices in z)."""
+    if not mask.any():
+        return (slice(0, 0),) * 3
+    ys = np.nonzero(mask.any(axis=(0, 2)))[0]
+    xs = np.nonzero(mask.any(axis=(0, 1)))[0]
+    ny, nx = mask.shape[1:]
+    return (
+        slice(None),
+        slice(max(0, ys[0] - pad), min(ny, ys[-1] + pad + 1)),
+        slice(max(0, xs[0] - pad), min(nx, xs[-1] + pad + 1)),
+    )
 
 
 def _fill_holes(mask: np.ndarray, spacing) -> np.ndarray:
