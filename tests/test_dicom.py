@@ -325,3 +325,11 @@ def test_info_run_info_writes_one_json_object(tmp_path):
     obj = json.loads(buf.getvalue())
     assert obj["series"][0]["key"] == syn.series_instance_uid
     assert obj["series"][0]["pixel_spacing_mm"] == [0.7, 0.8]
+
+
+def test_unreadable_entry_is_reported(tmp_path):
+    syn = synthetic_series(tmp_path, 3)
+    (syn.folder / "dangling.dcm").symlink_to(tmp_path / "gone.dcm")
+    scan = scan_folder(syn.folder)
+    assert scan.series[0].slice_count == 3
+    assert scan.warnings == (f"{syn.folder / 'dangling.dcm'}: cannot be read (No such file or directory) — skipped",)

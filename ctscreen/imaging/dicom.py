@@ -228,11 +228,8 @@ class LoadProgress:
 def _sniff(path: str) -> str:
     """Cheap test of a file's first bytes: "part10" (preamble + DICM), "headless"
     (starts with a group 0002/0008 element in either byte order) or ""."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return ""
+    with open(path, "rb") as fh:  # OSError is the caller's to report
+        head = fh.read(132)
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "part10"
     if len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00", b"\x00\x08", b"\x00\x02"):
@@ -267,11 +264,13 @@ def _read_header(path: str) -> Dataset:
     return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
 
 
-def _iter_files(root: Path) -> Iterable[str]:
+def _iter_files(root: Path, errors: list[str]) -> Iterable[str]:
     if root.is_file():
         yield str(root)
         return
-    for dirpath, dirnames, filenames in os.walk(root):
+    def onerror(exc: OSError) -> None:
+        errors.append(f"{exc.filename}: cannot be read ({exc.strerror or exc}) — skipped")
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
         dirnames.sort()
         for name in sorted(filenames):
             yield os.path.join(dirpath, name)
@@ -592,8 +591,12 @@ def scan_folder(path: str | os.PathLike[str]) -> ScanResult:
     skipped: dict[str, list[str]] = {}
     # uid -> list of clusters; a cluster is (signature, frames)
     groups: dict[str, list[tuple[tuple, list[_Frame]]]] = {}
-    for fpath in _iter_files(root):
-        kind = _sniff(fpath)
+    for fpath in _iter_files(root, notes):
+        try:
+            kind = _sniff(fpath)
+        except OSError as exc:
+            notes.append(f"{fpath}: cannot be read ({exc.strerror or exc}) — skipped")
+            continue
         if not kind:
             ignored += 1
             continue
