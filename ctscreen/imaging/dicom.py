@@ -872,7 +872,7 @@ def iter_load_series(
 
     Raises
     ------
-    NotADicomSeries, UnsupportedTransferSyntax, Cancelled
+    NotADicomSeries, UnsupportedTransferSyntax, SeriesGeometryError (damaged headers), Cancelled
     """
     def check_cancel() -> None:
         if cancel is not None and cancel.is_set():
