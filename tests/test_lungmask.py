@@ -214,15 +214,29 @@ def _synthetic_chest(rng_seed: int = 0):
     blob = (z - zc) ** 2 + y ** 2 + (x + 60.0 + rx - 4.0) ** 2 <= 9.0 ** 2
     blob_in_lung = blob & right
     hu[blob_in_lung] = 40.0
+    # Stomach gas under the left lung's base, not touching it.
+    gas = (z - 195.0) ** 2 + (y + 60.0) ** 2 + (x - 30.0) ** 2 <= 28.0 ** 2
+    hu[gas & body] = -1000.0
     hu += np.random.default_rng(rng_seed).normal(0.0, 15.0, hu.shape).astype(np.float32)
-    return hu.astype(np.int16), (dz, dy, dx), right, left, trachea, blob_in_lung
+    return hu.astype(np.int16), (dz, dy, dx), right, left, trachea, blob_in_lung, gas & body
 
 
 @pytest.fixture(scope="module")
 def synthetic():
-    hu, spacing, right, left, trachea, blob = _synthetic_chest()
+    hu, spacing, right, left, trachea, blob, gas = _synthetic_chest()
     direction = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+    _GAS["gas"] = gas
     return hu, spacing, direction, right, left, trachea, blob, lung_mask_from_hu(hu, spacing, direction)
+
+
+_GAS: dict[str, np.ndarray] = {}
+
+
+def test_gas_below_the_diaphragm_is_not_lung(synthetic):
+    *_, mask = synthetic
+    gas = _GAS["gas"]
+    assert gas.sum() * 2.5 * 0.75 * 0.75 / 1000.0 > 45.0  # big enough to pass the size rule alone
+    assert not mask[gas].any()
 
 
 def test_synthetic_lungs_are_found_and_sided(synthetic):

@@ -143,6 +143,17 @@ def test_zones_without_z_take_index_0_as_superior():
     assert zones == ["R upper"] * 10 + ["R middle"] * 10 + ["R lower"] * 10
 
 
+def test_empty_identifiers_are_like_none():
+    # A hand-made Volume has empty z_mm / uid tuples; the pipeline passes them on.
+    lung = _lung_column(30)
+    lesion = np.zeros_like(lung)
+    lesion[0, 0, 0] = 1
+    (row,) = measure(lesion, lung, (1.0, 1.0, 1.0), z_mm=(), sop_instance_uids=(), instance_numbers=()).rows
+    assert (row.zone, row.z_mm, row.sop_instance_uid, row.instance_number) == ("R upper", None, None, None)
+    with pytest.raises(ValueError):
+        measure(lesion, lung, (1.0, 1.0, 1.0), z_mm=[0.0, 1.0])
+
+
 def test_zones_are_per_lung_and_both_lungs_listed():
     # Right lung in slices 0-29, left lung in slices 15-44 (index 0 superior).
     lung = np.zeros((45, 10, 20), np.uint8)

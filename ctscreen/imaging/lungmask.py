@@ -15,11 +15,13 @@ volumetric X-ray CT images", IEEE TMI 20(6):490-498, 2001:
 6. split right from left: two large 3-D components, else erode until two
    appear and grow them back inside the mask (a geodesic, watershed-like
    assignment);
-7. per lung and per slice: morphological closing with a ~10 mm disk and
-   hole filling, so vessels, nodules and dense lesions inside the lung or
-   in shallow bites along the pleura are lung (a dense lesion that is
-   deeper than about 10 mm *and* open to the chest wall is only partly
-   recovered; see ``CLOSING_RADIUS_MM``);
+7. per lung and per slice: morphological closing with a ~10 mm disk, then
+   the dents of the slice's convex hull that open onto the chest wall (their
+   mouth runs along the ribs, they are at most 30 mm deep) are added, so a
+   consolidation against the pleura is lung, while the heart, hilum and the
+   liver or spleen dome stay out; holes are filled (small ones per slice,
+   large ones only when closed in 3-D), so vessels and lesions inside the
+   lung are lung;
 8. back to full resolution.
 
 Labels: 0 outside, 1 = patient's right lung, 2 = patient's left lung, decided
@@ -299,7 +301,6 @@ def _track_large_airways(
         return airway
     seeding = max(2, int(round(30.0 / spacing[0])))  # seeds within the top ~30 mm
     prev: np.ndarray | None = None
-    prev_area = 0
     for step, k in enumerate(zs):
         lab, n = ndi.label(lungs[k])
         if n == 0:
@@ -335,8 +336,6 @@ def _track_large_airways(
             continue
         airway[k] = cur
         prev = cur
-        prev_area = int(cur.sum())
-    del prev_area
     return airway
 
 

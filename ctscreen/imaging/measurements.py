@@ -276,7 +276,7 @@ def measure(
         Voxel spacing (z, y, x) in mm.
     z_mm
         Position of every slice, growing towards the patient's head (DICOM LPS +z).
-        When None, slice 0 is taken as the most superior and positions are
+        When None or empty, slice 0 is taken as the most superior and positions are
         ``-index * spacing_mm[0]``; rows then carry ``z_mm=None``.
     sop_instance_uids, instance_numbers
         Per-slice identifiers copied into the rows (None when not given).
@@ -298,7 +298,7 @@ def measure(
     pixel_mm2 = dy * dx
     voxel_ml = dz * pixel_mm2 / 1000.0
 
-    if z_mm is None:
+    if z_mm is None or len(z_mm) == 0:
         z = -np.arange(nz, dtype=float) * dz
         row_z: list[float | None] = [None] * nz
     else:
