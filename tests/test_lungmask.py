@@ -6,8 +6,6 @@ and masked once per test module.
 
 from __future__ import annotations
 
-import glob
-import os
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from ctscreen.imaging.dicom import load_series
 from ctscreen.imaging.lungmask import LEFT, RIGHT, iter_lung_mask, lung_mask, lung_mask_from_hu
 from ctscreen.imaging.volume import Volume
 
@@ -29,37 +28,7 @@ SERIES = {
 RIGHT_LARGER = ("P001", "normal001")
 
 
-def _load_private(path: Path) -> Volume:
-    """Minimal loader with the ``ctscreen.imaging.dicom`` conventions (index 0 most superior)."""
-    import pydicom
-
-    dss = [pydicom.dcmread(f) for f in sorted(glob.glob(os.path.join(path, "*.dcm")))]
-    iop = np.array(dss[0].ImageOrientationPatient, dtype=float)
-    row, col = iop[:3], iop[3:]
-    normal = np.cross(row, col)
-    pos = [float(normal @ np.array(d.ImagePositionPatient, dtype=float)) for d in dss]
-    order = np.argsort(pos)[::-1]
-    dss = [dss[i] for i in order]
-    z = [pos[i] for i in order]
-    hu = np.stack([
-        d.pixel_array.astype(np.float32) * float(d.get("RescaleSlope", 1)) + float(d.get("RescaleIntercept", 0))
-        for d in dss
-    ]).astype(np.int16)
-    ps = [float(v) for v in dss[0].PixelSpacing]
-    return Volume(
-        hu=hu,
-        spacing_mm=(float(np.median(-np.diff(z))), ps[0], ps[1]),
-        origin_mm=tuple(float(v) for v in dss[0].ImagePositionPatient),
-        direction=np.column_stack([-normal, col, row]),
-        z_mm=tuple(z),
-    )
-
-
 def _load(path: Path) -> Volume:
-    try:
-        from ctscreen.imaging.dicom import load_series
-    except ImportError:
-        return _load_private(path)
     return load_series(path)
 
 
