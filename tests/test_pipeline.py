@@ -151,3 +151,22 @@ def test_options_are_validated():
         AnalyzeOptions(cam="some")
     with pytest.raises(ValueError):
         AnalyzeOptions(batch_size=0)
+
+
+def test_slices_without_lung_skip_the_network(model_file, monkeypatch):
+    vol = synthetic_volume(nz=NZ)
+    hu = vol.hu.copy()
+    hu[-1][hu[-1] == -850] = 40  # last slice: body without lungs (upper abdomen)
+    vol = Volume(**{**vol.__dict__, "hu": hu})
+    seen: list[int] = []
+    real = segment.segment_batch
+
+    def counting(m, hu_slices, box, tta=True):
+        seen.append(len(hu_slices))
+        return real(m, hu_slices, box, tta=tta)
+
+    monkeypatch.setattr(segment, "segment_batch", counting)
+    result = run_analysis(vol, AnalyzeOptions(model=model_file, device="cpu", cam="none"))
+    assert not result.lung[-1].any() and result.lung[:-1].any()
+    assert sum(seen) == NZ - 1
+    assert not result.lesion_prob[-1].any() and not result.lesion[-1].any()

@@ -280,6 +280,8 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
     -------
     AnalysisResult
         Immutable (arrays are read-only). ``timings_s`` has one entry per stage that ran.
+        Slices without lung are not run through the network (lesions are kept only inside
+        the lung): their ``lesion`` and ``lesion_prob`` are 0.
 
     Raises
     ------
@@ -339,17 +341,20 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
     lesion_prob = np.zeros(hu.shape, dtype=np.float16)
     runner = _Runner(model, tracker, warnings)
 
+    # Lesions are kept only inside the lung, so slices without lung (neck, upper abdomen) are not run
+    # through the network; their lesion_prob stays 0.
+    todo_seg = [int(k) for k in np.flatnonzero(lung.reshape(nz, -1).any(axis=1))]
+
     def seg(m: Any, idx: list[int]) -> np.ndarray:
-        return segment_batch(m, hu[idx[0]:idx[-1] + 1], box, tta=options.tta)
+        return segment_batch(m, hu[idx], box, tta=options.tta)
 
     def store_seg(idx: list[int], probs: np.ndarray) -> None:
-        sl = slice(idx[0], idx[-1] + 1)
         probs = np.asarray(probs)
-        lesion[sl] = probs.argmax(axis=1).astype(np.uint8)
-        lesion_prob[sl] = (probs[:, GGO] + probs[:, CONSOLIDATION]).astype(np.float16)
+        lesion[idx] = probs.argmax(axis=1).astype(np.uint8)
+        lesion_prob[idx] = (probs[:, GGO] + probs[:, CONSOLIDATION]).astype(np.float16)
 
-    yield tracker.tick("segmentation", 0, nz)
-    yield from runner.batched("segmentation", list(range(nz)), options.batch_size, seg, store_seg)
+    yield tracker.tick("segmentation", 0, len(todo_seg), f"segmentation 0/{len(todo_seg)} slices with lung")
+    yield from runner.batched("segmentation", todo_seg, options.batch_size, seg, store_seg)
     lesion = constrain_to_lung(lesion, lung)
     timings["segmentation"] = time.perf_counter() - t
 
