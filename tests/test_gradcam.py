@@ -194,3 +194,19 @@ def test_building_blocks():
     assert np.all(out[1] == 0)
     lung = np.array([[[1, 1], [0, 0]], [[1, 1], [1, 1]]])
     np.testing.assert_allclose(outside_fraction(out, lung), [1 / 1.5, 0.0])
+
+
+def test_gradcam_for_result_uses_the_results_box_and_lung():
+    from types import SimpleNamespace
+
+    from ctscreen.inference.gradcam import gradcam_for_result
+
+    model = FakeModel(ChannelNet(), "features")
+    hu = _blob_slices(3, left=True)
+    lung = np.zeros_like(hu, dtype=np.uint8)
+    lung[:, :, 32:] = 2
+    result = SimpleNamespace(volume=SimpleNamespace(hu=hu), lung=lung, thorax_box=(0, 64, 0, 64))
+    m, frac = gradcam_for_result(model, result, 1)
+    expected, expected_frac = gradcam_slice(model, hu[1], (0, 64, 0, 64), lung[1])
+    np.testing.assert_array_equal(m, expected)
+    assert frac == expected_frac and frac > 0.9

@@ -84,6 +84,8 @@ def test_analyze_yields_increasing_progress_and_an_immutable_result(model_file):
         assert 0.0 <= m.min() and m.max() <= 1.0
         assert 0.0 <= result.cam_outside_fraction[k] <= 1.0
     assert result.cam_layer == "decoder2"  # deepest decoder stage of a 3-level UNet
+    y0, y1, x0, x1 = result.thorax_box
+    assert 0 <= y0 < y1 <= vol.shape[1] and 0 <= x0 < x1 <= vol.shape[2]
 
 
 def test_cam_lesions_only_and_layer_choice(model_file):

@@ -49,6 +49,10 @@ class AnalysisResult:
         Seconds per stage (load, lung_mask, segmentation, gradcam, measurements, export).
     warnings : tuple of str
         Things the user should know (fallback to CPU, slices skipped, ...).
+    thorax_box : tuple of int
+        ``(y0, y1, x0, x1)`` crop every slice was resized from for the network;
+        pass it to :func:`ctscreen.inference.gradcam.gradcam_slice` for more maps
+        (empty when unknown).
     """
 
     volume: Volume
@@ -64,6 +68,7 @@ class AnalysisResult:
     cam_layer: str = ""
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    thorax_box: tuple[int, ...] = ()
 
     #: A slice whose Grad-CAM lies mostly outside the lung is flagged.
     CAM_OUTSIDE_FLAG = 0.5

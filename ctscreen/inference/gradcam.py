@@ -228,3 +228,18 @@ def gradcam_slice(model: Any, hu_slice: np.ndarray, box: Sequence[int], lung_sli
     lung = None if lung_slice is None else np.asarray(lung_slice)[None]
     maps, outside = gradcam_batch(model, hu, box, lung, layer)
     return maps[0], float(outside[0])
+
+
+def gradcam_for_result(model: Any, result: Any, index: int, layer: str | None = None) -> tuple[np.ndarray, float]:
+    """Grad-CAM of slice ``index`` of an :class:`~ctscreen.imaging.result.AnalysisResult` (viewer helper).
+
+    Uses the result's thorax box and lung mask, so the map matches the maps the
+    analysis computed; ``layer`` picks another layer than the default.
+    """
+    hu = result.volume.hu
+    box = tuple(getattr(result, "thorax_box", ()) or ())
+    if len(box) != 4:
+        from ctscreen.inference.preprocess import thorax_box
+
+        box = thorax_box(np.asarray(hu))
+    return gradcam_slice(model, hu[index], box, result.lung[index], layer)

@@ -409,6 +409,7 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
         cam_layer=cam_layer,
         timings_s=timings,
         warnings=tuple(warnings),
+        thorax_box=box,
     )
 
 
