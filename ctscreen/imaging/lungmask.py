@@ -152,32 +152,33 @@ def iter_lung_mask_from_hu(
     fx = max(1, int(round(WORK_PIXEL_MM / dx)))
     small = _block_mean(hu, fy, fx)
     spacing = (dz, dy * fy, dx * fx)
-    yield 0.1
+    # Fractions follow the measured share of the run time of each step.
+    yield 0.03
 
     # 2-3. air inside the body.
     air = small < AIR_HU
     del small
     inside_air, body = _split_air(air)
-    yield 0.25
+    yield 0.12
 
     # 4. large air components reaching the upper half of the chest.
     superior_first = _superior_is_low_index(direction)
     lungs = _select_lung_components(inside_air, spacing, superior_first)
-    yield 0.4
+    yield 0.18
 
     # 5. large airways.
     airway = _track_large_airways(lungs, body, spacing, superior_first)
     lungs &= ~airway
-    yield 0.55
+    yield 0.22
 
     # 6. right / left.
     labels = _split_right_left(lungs, spacing, direction)
-    yield 0.75
+    yield 0.5
 
-    # 7. closing + hole filling per lung, keep airways out.
+    # 7. closing, pleural dents and hole filling per lung; keep airways out.
     labels = _close_and_fill(labels, spacing, body)
     labels[ndi.binary_dilation(airway, structure=_disk_struct_2d(1))] = 0
-    yield 0.9
+    yield 0.95
 
     # 8. back to the full grid.
     out = _upsample_labels(labels, fy, fx, full_shape)
