@@ -205,8 +205,43 @@ def test_gradcam_for_result_uses_the_results_box_and_lung():
     hu = _blob_slices(3, left=True)
     lung = np.zeros_like(hu, dtype=np.uint8)
     lung[:, :, 32:] = 2
-    result = SimpleNamespace(volume=SimpleNamespace(hu=hu), lung=lung, thorax_box=(0, 64, 0, 64))
+    lesion = (hu > 0).astype(np.uint8)
+    result = SimpleNamespace(volume=SimpleNamespace(hu=hu), lung=lung, lesion=lesion, thorax_box=(0, 64, 0, 64))
     m, frac = gradcam_for_result(model, result, 1)
-    expected, expected_frac = gradcam_slice(model, hu[1], (0, 64, 0, 64), lung[1])
+    expected, expected_frac = gradcam_slice(model, hu[1], (0, 64, 0, 64), lung[1], region=lesion[1])
     np.testing.assert_array_equal(m, expected)
     assert frac == expected_frac and frac > 0.9
+
+
+class DualNet(nn.Module):
+    """Lesion logit = 2 ReLU(bright channel) + ReLU(dark channel): where the region lies decides the channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Conv2d(1, 2, 1)
+        self.head = nn.Conv2d(2, 3, 1)
+        with torch.no_grad():
+            self.features.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+            self.features.bias.zero_()
+            self.head.weight.zero_()
+            self.head.weight[1] = torch.tensor([2.0, 1.0]).view(2, 1, 1)
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        return self.head(torch.relu(self.features(x)))
+
+
+def test_region_selects_what_is_explained():
+    model = FakeModel(DualNet(), "features")
+    hu = _blob_slices(1, left=True)
+    box = (0, 64, 0, 64)
+    blob = hu[0] > 0
+    on_blob, _ = gradcam_slice(model, hu[0], box, region=blob)
+    assert on_blob[blob].sum() / on_blob.sum() > 0.9
+    dark_patch = np.zeros_like(blob)
+    dark_patch[4:12, 40:60] = True  # air: explained by the dark channel, which fires everywhere but the blob
+    on_air, _ = gradcam_slice(model, hu[0], box, region=dark_patch)
+    assert on_air[blob].sum() / on_air.sum() < 0.05
+    # An empty region falls back to the whole slice rather than an all-zero map.
+    whole, _ = gradcam_slice(model, hu[0], box, region=np.zeros_like(blob))
+    assert whole.max() == pytest.approx(1.0)

@@ -4,8 +4,9 @@ Grad-CAM (Selvaraju et al., ICCV 2017, arXiv:1610.02391), in the form used for
 segmentation networks (Vinogradova et al., AAAI 2020, arXiv:2002.11434):
 
 * target ``y`` = sum of the lesion logits (ground-glass + consolidation
-  channels) over the pixels the network predicts as lesion, or over the whole
-  slice when it predicts none;
+  channels) over the predicted lesion region - the analysis' final labels when
+  given (what the user sees), else the pixels this forward pass predicts as
+  lesion - or over the whole slice when there is none;
 * ``w_c`` = the gradient ``dy/dA_c`` averaged over the layer's spatial grid;
 * ``cam = ReLU(sum_c w_c A_c)``, resized to the slice (the crop to the thorax
   box and the resize to the network's input are undone) and divided by its
@@ -135,6 +136,19 @@ def target_region(logits: torch.Tensor) -> torch.Tensor:
     return region
 
 
+def region_to_input(region: np.ndarray, box: Sequence[int], input_hw: tuple[int, int]) -> torch.Tensor:
+    """Lesion masks at slice geometry (n, y, x) -> (n, 1, H, W) float weights at the network input.
+
+    The same crop to ``box`` and resize the network input gets (area-averaged), so a
+    mask pixel keeps its place; a border pixel gets a fractional weight.
+    """
+    y0, y1, x0, x1 = (int(v) for v in box)
+    crop = torch.from_numpy(np.ascontiguousarray(np.asarray(region)[:, y0:y1, x0:x1] > 0, dtype=np.float32))
+    return F.adaptive_avg_pool2d(crop[:, None], input_hw) if crop.shape[-2] >= input_hw[0] and \
+        crop.shape[-1] >= input_hw[1] else F.interpolate(crop[:, None], size=input_hw, mode="bilinear",
+                                                          align_corners=False)
+
+
 def _restore(model: Any, cam_small: torch.Tensor, box: Sequence[int], out_shape: tuple[int, int],
              input_hw: tuple[int, int]) -> np.ndarray:
     """Undo the network's geometry: (n, h, w) map -> (n, y, x) float32 at slice size, 0 outside ``box``."""
@@ -173,7 +187,7 @@ def outside_fraction(maps: np.ndarray, lung: np.ndarray | None) -> np.ndarray:
 
 
 def gradcam_batch(model: Any, hu_slices: np.ndarray, box: Sequence[int], lung_slices: np.ndarray | None = None,
-                  layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  layer: str | None = None, region: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM maps for several slices with one forward and one backward pass.
 
     Parameters
@@ -188,6 +202,10 @@ def gradcam_batch(model: Any, hu_slices: np.ndarray, box: Sequence[int], lung_sl
         Lung mask of the slices (0 outside) for the outside-the-lung share.
     layer : str, optional
         Layer name (a key of ``model.cam_layers()``); default ``model.default_cam_layer``.
+    region : ndarray, (n, y, x), optional
+        The lesion region to explain, at slice geometry (e.g. the analysis' final,
+        lung-constrained labels). Default: the pixels this forward pass predicts as
+        lesion. A slice with an empty region is explained over the whole slice.
 
     Returns
     -------
@@ -208,8 +226,15 @@ def gradcam_batch(model: Any, hu_slices: np.ndarray, box: Sequence[int], lung_sl
         if "A" not in store:
             raise ValueError(f"the Grad-CAM layer '{layer or default_layer(model)}' was not used by the forward pass")
         A = store["A"]
-        region = target_region(logits.detach())
-        target = (logits[:, list(LESION_CHANNELS)] * region).sum()
+        if region is None:
+            weights = target_region(logits.detach())
+        else:
+            weights = region_to_input(np.asarray(region).reshape(hu_slices.shape), box,
+                                      tuple(logits.shape[-2:])).to(logits.device, logits.dtype)
+            empty = weights.flatten(1).sum(dim=1) == 0
+            if bool(empty.any()):
+                weights[empty] = 1.0
+        target = (logits[:, list(LESION_CHANNELS)] * weights).sum()
         (grads,) = torch.autograd.grad(target, A)
     with torch.no_grad():
         cam_small = cam_from_activations(A.detach(), grads)
@@ -219,22 +244,24 @@ def gradcam_batch(model: Any, hu_slices: np.ndarray, box: Sequence[int], lung_sl
 
 
 def gradcam_slice(model: Any, hu_slice: np.ndarray, box: Sequence[int], lung_slice: np.ndarray | None = None,
-                  layer: str | None = None) -> tuple[np.ndarray, float]:
+                  layer: str | None = None, region: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Grad-CAM of one slice, for on-demand use in the viewer.
 
     Returns the (y, x) float32 map in [0, 1] and the share of its activation outside ``lung_slice``.
+    ``region`` (y, x) is the lesion region to explain (default: what the network predicts).
     """
     hu = np.asarray(hu_slice)[None]
     lung = None if lung_slice is None else np.asarray(lung_slice)[None]
-    maps, outside = gradcam_batch(model, hu, box, lung, layer)
+    reg = None if region is None else np.asarray(region)[None]
+    maps, outside = gradcam_batch(model, hu, box, lung, layer, reg)
     return maps[0], float(outside[0])
 
 
 def gradcam_for_result(model: Any, result: Any, index: int, layer: str | None = None) -> tuple[np.ndarray, float]:
     """Grad-CAM of slice ``index`` of an :class:`~ctscreen.imaging.result.AnalysisResult` (viewer helper).
 
-    Uses the result's thorax box and lung mask, so the map matches the maps the
-    analysis computed; ``layer`` picks another layer than the default.
+    Uses the result's thorax box, lung mask and lesion labels (the region explained),
+    so the map matches the maps the analysis computed; ``layer`` picks another layer.
     """
     hu = result.volume.hu
     box = tuple(getattr(result, "thorax_box", ()) or ())
@@ -242,4 +269,4 @@ def gradcam_for_result(model: Any, result: Any, index: int, layer: str | None = 
         from ctscreen.inference.preprocess import thorax_box
 
         box = thorax_box(np.asarray(hu))
-    return gradcam_slice(model, hu[index], box, result.lung[index], layer)
+    return gradcam_slice(model, hu[index], box, result.lung[index], layer, region=result.lesion[index])

@@ -369,7 +369,7 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
         todo = cam_slice_indices(lesion, options.cam)
 
         def grad(m: Any, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
-            return gradcam_batch(m, hu[idx], box, lung[idx], cam_layer)
+            return gradcam_batch(m, hu[idx], box, lung[idx], cam_layer, region=lesion[idx])
 
         def store_cam(idx: list[int], out: tuple[np.ndarray, np.ndarray]) -> None:
             maps, outside = out
