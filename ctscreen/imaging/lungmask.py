@@ -11,7 +11,8 @@ volumetric X-ray CT images", IEEE TMI 20(6):490-498, 2001:
 4. keep the large 3-D air components that reach the upper half of the
    chest (lungs, airways), dropping bowel and stomach gas and small pockets;
 5. find the trachea in the top slices (small, round, central) and follow it
-   and the main bronchi down slice by slice until they enter the lung;
+   and the main bronchi down slice by slice until they enter the lung, then
+   their pure-air lumen for another ``LUMEN_FOLLOW_MM``;
 6. split right from left: two large 3-D components, else erode until two
    appear and grow them back inside the mask (a geodesic, watershed-like
    assignment);
@@ -68,6 +69,11 @@ MIN_COMPONENT_ML = 20.0
 TRACHEA_MAX_AREA_MM2 = 700.0
 #: ... and at most this far (mm) from the body's midline.
 TRACHEA_MAX_OFFSET_MM = 30.0
+
+#: Block-averaged HU below which a voxel is airway lumen rather than aerated lung.
+LUMEN_HU = -950.0
+#: How far (mm, craniocaudally) the airway lumen is followed once it has merged with the lung.
+LUMEN_FOLLOW_MM = 20.0
 
 #: Holes of one slice up to this area (mm^2) are lung (vessels, nodules); bigger ones only when closed in 3-D.
 MAX_SLICE_HOLE_MM2 = 500.0
@@ -157,7 +163,6 @@ def iter_lung_mask_from_hu(
 
     # 2-3. air inside the body.
     air = small < AIR_HU
-    del small
     inside_air, body = _split_air(air)
     yield 0.12
 
@@ -167,7 +172,8 @@ def iter_lung_mask_from_hu(
     yield 0.18
 
     # 5. large airways.
-    airway = _track_large_airways(lungs, body, spacing, superior_first)
+    airway = _track_large_airways(lungs, body, small, spacing, superior_first)
+    del small
     lungs &= ~airway
     yield 0.22
 
@@ -282,6 +288,7 @@ def _disk_struct_2d(radius_px: int) -> np.ndarray:
 def _track_large_airways(
     lungs: np.ndarray,
     body: np.ndarray,
+    hu_small: np.ndarray,
     spacing: tuple[float, float, float],
     superior_first: bool,
 ) -> np.ndarray:
@@ -302,10 +309,13 @@ def _track_large_airways(
         return airway
     seeding = max(2, int(round(30.0 / spacing[0])))  # seeds within the top ~30 mm
     prev: np.ndarray | None = None
+    # Inside the lung only the main bronchi are followed, not the lobar ones.
+    follow_left = max(1, int(round(LUMEN_FOLLOW_MM / spacing[0])))
     for step, k in enumerate(zs):
         lab, n = ndi.label(lungs[k])
         if n == 0:
             break
+        followed = False
         areas = np.bincount(lab.ravel(), minlength=n + 1)
         cur = np.zeros((ny, nx), dtype=bool)
         if prev is not None and prev.any():
@@ -315,6 +325,11 @@ def _track_large_airways(
                 # Merged into the lung: the blob is much bigger than what it continues.
                 if areas[i] <= max(2.0 * comp_prev_area, comp_prev_area + 40.0 / px_area) and areas[i] <= 2 * max_seed_px:
                     cur |= lab == i
+                elif follow_left > 0:
+                    cont = _lumen_continuation(lab == i, prev, hu_small[k], comp_prev_area)
+                    if cont.any():
+                        cur |= cont
+                        followed = True
         if step < seeding:
             bx = np.nonzero(body[k].any(axis=0))[0]
             mid_x = (bx[0] + bx[-1]) / 2.0 if bx.size else nx / 2.0
@@ -337,7 +352,28 @@ def _track_large_airways(
             continue
         airway[k] = cur
         prev = cur
+        follow_left -= int(followed)
     return airway
+
+
+def _lumen_continuation(blob: np.ndarray, prev: np.ndarray, hu: np.ndarray, prev_area: int) -> np.ndarray:
+    """Where an airway merges with the lung in a slice, follow its lumen (pure air) a little further.
+
+    The lumen of a main bronchus is near -1000 HU, aerated lung about -850; the
+    part of the merged blob below ``LUMEN_HU`` that continues the previous
+    airway is kept when it did not grow much (else it is leaking into lung).
+    """
+    near = cv2.dilate(prev.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    lumen = blob & (hu < LUMEN_HU)
+    lab, n = ndi.label(lumen)
+    if n == 0:
+        return np.zeros_like(blob)
+    keep = np.unique(lab[near & lumen])
+    keep = keep[keep > 0]
+    cont = np.isin(lab, keep)
+    if not cont.any() or cont.sum() > 1.5 * max(prev_area, 1):
+        return np.zeros_like(blob)
+    return cont
 
 
 def _lps_x_of_centroid(mask: np.ndarray, spacing, direction: np.ndarray) -> float:
