@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import platform
 import subprocess
 import sys
@@ -51,7 +52,8 @@ def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parent, timeout=5)
-        return out.stdout.strip() or "unknown"
+        sha = out.stdout.strip()
+        return sha if re.fullmatch(r"[0-9a-f]{40}", sha) else "unknown"
     except Exception:  # noqa: BLE001
         return "unknown"
 
