@@ -108,6 +108,11 @@ def _screenshot(window, args: Namespace) -> int:
                 reason = window.last_error or f"analysis {outcome}"
                 print(f"ctscreen view: error: {reason}", file=sys.stderr)
                 return 2
+            if getattr(args, "slice", None) is None:
+                # Without --slice, show the slice with the most lesion, as a reader would first look.
+                rows = list(analysis.result.measurements.rows)
+                if rows:
+                    window.slice_view.set_slice(max(rows, key=lambda r: r.lesion_area_mm2).index)
     # Let layouts, docks and the deferred tag refresh settle before grabbing.
     end = time.monotonic() + 0.4
     app = QApplication.instance()

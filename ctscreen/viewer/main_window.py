@@ -33,7 +33,9 @@ Ctrl + wheel: zoom &nbsp;·&nbsp; left or middle drag: pan<br>
 Right drag: window (left/right = width, up/down = level)<br><br>
 <b>Keys</b><br>
 Up / Down: one slice &nbsp;·&nbsp; Page Up / Page Down: 10 slices &nbsp;·&nbsp; Home / End: first / last<br>
-1 lung &nbsp;·&nbsp; 2 mediastinum &nbsp;·&nbsp; 3 bone &nbsp;·&nbsp; 4 soft tissue &nbsp;·&nbsp; R: reset zoom and pan<br><br>
+1 lung &nbsp;·&nbsp; 2 mediastinum &nbsp;·&nbsp; 3 bone &nbsp;·&nbsp; 4 soft tissue &nbsp;·&nbsp; R: reset zoom and pan<br>
+F5: analyze &nbsp;·&nbsp; O: lesion overlay &nbsp;·&nbsp; C: contours / filled &nbsp;·&nbsp; L: lung outline
+&nbsp;·&nbsp; G: Grad-CAM &nbsp;·&nbsp; Esc: cancel<br><br>
 Drop a DICOM folder or files on the window to open them."""
 
 
@@ -83,6 +85,7 @@ class MainWindow(QMainWindow):
         self._shown: tuple[Volume, int | None] | None = None
         self._shown_index = 0
         self._scan_notes: list[str] = []
+        self._tasks: dict[str, Any] = {}
         self.setObjectName("ctscreenMainWindow")
         self.setAcceptDrops(True)
 
@@ -109,7 +112,7 @@ class MainWindow(QMainWindow):
         self.loader.loaded.connect(self._on_loaded)
         self.loader.failed.connect(self._on_load_failed)
         self.loader.cancelled.connect(self._on_load_cancelled)
-        self.loader.busyChanged.connect(self._set_busy)
+        self.loader.busyChanged.connect(self._loader_busy)
         self.series_browser.seriesActivated.connect(self._open_series)
 
         self.slice_view.sliceChanged.connect(self._on_slice_changed)
@@ -120,6 +123,12 @@ class MainWindow(QMainWindow):
         self._tag_timer.setInterval(120)  # refresh the tag tree when scrolling pauses, not per slice
         self._tag_timer.timeout.connect(self._refresh_tags)
         self.tags_dock.visibilityChanged.connect(lambda visible: visible and self._tag_timer.start())
+
+        from ctscreen.viewer.analysis_ui import AnalysisUi
+
+        self.analysis_ui = AnalysisUi(self)
+        #: The analysis controller (start/cancel, signals finished_ok/failed/cancelled).
+        self.analysis = self.analysis_ui.controller
 
         self.resize(1360, 860)
         self.resizeDocks([self.tags_dock], [430], Qt.Orientation.Horizontal)
@@ -255,6 +264,8 @@ class MainWindow(QMainWindow):
                   slice_index: int | None = None) -> None:
         """Open a DICOM folder or file: scan, pick the series, load in the background."""
         path = os.fspath(path)
+        if hasattr(self, "analysis"):
+            self.analysis.cancel()  # a new study: the old one's analysis is no longer wanted
         self._pending_slice = slice_index
         self._scan_notes = []
         self._stop_thumbnails()
@@ -276,8 +287,10 @@ class MainWindow(QMainWindow):
             self.open_path(files[0] if len(files) == 1 else os.path.commonpath(files))
 
     def cancel_work(self) -> None:
-        if self.loader.busy:
-            self.loader.cancel()
+        """Cancel every running background task (Cancel button, Esc)."""
+        if self._tasks:
+            for cancel in list(self._tasks.values()):
+                cancel()
             self.statusBar().showMessage("Cancelling…")
 
     def _open_series(self, info: Any) -> None:
@@ -299,12 +312,7 @@ class MainWindow(QMainWindow):
 
     def _on_load_progress(self, progress: Any) -> None:
         done, total = int(getattr(progress, "done", 0) or 0), int(getattr(progress, "total", 0) or 0)
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(done)
-        self.progress.setFormat("Loading %v / %m")
-        message = getattr(progress, "message", "")
-        if message:
-            self.statusBar().showMessage(str(message))
+        self.task_progress(done, max(total, 1), "Loading %v / %m", str(getattr(progress, "message", "") or ""))
         first = getattr(progress, "first_slice", None)
         if first is not None:  # show the first slice at once, the rest follows
             spacing = getattr(progress, "spacing_yx_mm", None) or self._scan_spacing_yx()
@@ -366,12 +374,36 @@ class MainWindow(QMainWindow):
             volume, _ = self._shown
             self.slice_view.set_volume(volume, self._shown_index)
 
-    def _set_busy(self, busy: bool) -> None:
-        self.progress.setVisible(busy)
-        self.cancel_button.setVisible(busy)
+    def _loader_busy(self, busy: bool) -> None:
         if busy:
-            self.progress.setRange(0, 0)  # busy indicator until the loader reports a total
-            self.progress.setFormat("Scanning…")
+            self.begin_task("Loading", self.loader.cancel)
+            self.task_progress(0, 0, "Scanning…")  # busy indicator until the loader reports a total
+        else:
+            self.end_task("Loading")
+
+    # -- background tasks in the status bar ------------------------------------------------------------
+    def begin_task(self, name: str, cancel) -> None:
+        """Show the progress bar and Cancel for a background task (loading, analysis)."""
+        self._tasks[name] = cancel
+        self.progress.setVisible(True)
+        self.cancel_button.setVisible(True)
+        self.cancel_button.setToolTip(f"Stop {' and '.join(t.lower() for t in self._tasks)} (Esc)")
+
+    def task_progress(self, value: int, maximum: int, bar_format: str, message: str = "") -> None:
+        self.progress.setRange(0, maximum)
+        self.progress.setValue(value)
+        self.progress.setFormat(bar_format)
+        if message:
+            self.statusBar().showMessage(message)
+
+    def end_task(self, name: str) -> None:
+        self._tasks.pop(name, None)
+        if not self._tasks:
+            self.progress.hide()
+            self.cancel_button.hide()
+
+    def configure_analysis(self, model: str | None = None, device: str | None = None) -> None:
+        self.analysis_ui.configure(model=model, device=device)
 
     # -- thumbnails of the series browser ---------------------------------------------------------
     def _start_thumbnails(self) -> None:
@@ -481,6 +513,7 @@ class MainWindow(QMainWindow):
         self.settings.save_window(self.saveGeometry(), self.saveState())
         self.settings.sync()
         self.loader.shutdown()
+        self.analysis.shutdown()
         if self._thumb_worker is not None:
             self._thumb_worker.cancel()
             self._thumb_worker.wait()

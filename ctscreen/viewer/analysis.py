@@ -1,0 +1,176 @@
+"""Running the lesion analysis from the window: one request at a time, never half-applied.
+
+The work is :func:`ctscreen.inference.pipeline.analyze`, the same generator the
+CLI drives, run by :class:`~ctscreen.viewer.worker.GeneratorWorker`. torch is
+imported inside the worker thread on the first run, so the viewer starts fast.
+
+A result is applied only when it is complete *and* still belongs to the volume
+on screen (a generation counter); a cancelled or failed run leaves the
+previous result, if any, exactly as it was.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal
+
+from ctscreen.errors import Cancelled, CtscreenError, NotAnalysable
+from ctscreen.imaging.volume import Volume
+from ctscreen.viewer.worker import GeneratorWorker
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "resources" / "models"
+#: Shown names of the shipped architectures (mirrors ``inference.models.ARCH_LABELS``; no torch here).
+MODEL_LABELS = {"unet": "UNet", "deeplab": "DeepLabv3+"}
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def shipped_models() -> list[str]:
+    """Names of the model files shipped in ``resources/models`` (without importing torch)."""
+    return sorted(p.stem for p in MODELS_DIR.glob("*.pt"))
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """What to analyse and how; immutable, built on the GUI thread."""
+
+    volume: Volume
+    model: str | None = None
+    device: str = "auto"
+    cam: str = "lesions"
+    batch_size: int = 4
+
+
+def run_request(request: AnalysisRequest, cancel: threading.Event) -> Generator[Any, None, Any]:
+    """The generator the worker runs: the pipeline with this request's options."""
+    from ctscreen.inference.pipeline import AnalyzeOptions, analyze
+
+    options = AnalyzeOptions(model=request.model or None, device=request.device, cam=request.cam,
+                             batch_size=request.batch_size, cancel=cancel)
+    return (yield from analyze(request.volume, options))
+
+
+def describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, CtscreenError):
+        return str(exc)
+    return f"the analysis failed unexpectedly ({type(exc).__name__}: {exc}); the viewer is still usable"
+
+
+class AnalysisController(QObject):
+    """Starts, cancels and reports analyses of the window's current volume.
+
+    Signals
+    -------
+    started()
+    progress(object)
+        A pipeline ``Progress`` (``fraction``, ``eta_s``, ``message``).
+    finished_ok(object)
+        The complete :class:`~ctscreen.imaging.result.AnalysisResult`.
+    failed(str)
+        A one-line message naming what went wrong and what to do.
+    cancelled()
+    busyChanged(bool)
+    """
+
+    started = Signal()
+    progress = Signal(object)
+    finished_ok = Signal(object)
+    failed = Signal(str)
+    cancelled = Signal()
+    busyChanged = Signal(bool)
+
+    def __init__(self, parent: QObject | None = None, runner=run_request) -> None:
+        super().__init__(parent)
+        self.runner = runner
+        self._volume: Volume | None = None
+        self._worker: GeneratorWorker | None = None
+        self._generation = 0
+        self.model: str | None = None
+        self.device = "auto"
+        self.cam = "lesions"
+        self.result: Any = None
+
+    # -- configuration ----------------------------------------------------------------------
+    def configure(self, model: str | None = None, device: str | None = None) -> None:
+        if model is not None:
+            self.model = model or None
+        if device is not None:
+            self.device = device or "auto"
+
+    def set_volume(self, volume: Volume | None) -> None:
+        """The volume on screen changed: stop any run and forget the old result."""
+        if volume is self._volume:
+            return
+        self.cancel()
+        self._generation += 1
+        self._volume = volume
+        self.result = None
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    @property
+    def can_run(self) -> bool:
+        return self._volume is not None and not self.busy
+
+    # -- running --------------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Analyse the current volume; returns False (and emits ``failed``) when it cannot start."""
+        if self.busy:
+            return False
+        volume = self._volume
+        if volume is None:
+            self.failed.emit("open a CT series first; there is nothing to analyse")
+            return False
+        if volume.not_analysable_reason:
+            self.failed.emit(str(NotAnalysable(
+                f"{volume.series_description or 'this series'} cannot be analysed: "
+                f"{volume.not_analysable_reason}")))
+            return False
+        request = AnalysisRequest(volume=volume, model=self.model, device=self.device, cam=self.cam)
+        generation = self._generation
+        worker = GeneratorWorker(self.runner, request)
+        worker.yielded.connect(lambda p: generation == self._generation and self.progress.emit(p))
+        worker.returned.connect(lambda r: self._on_returned(generation, r))
+        worker.errored.connect(lambda e: self._on_errored(generation, e))
+        worker.finished.connect(lambda: self._on_finished(worker))
+        self._worker = worker
+        worker.start()
+        self.busyChanged.emit(True)
+        self.started.emit()
+        return True
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        worker = self._worker
+        if worker is not None:
+            worker.cancel()
+            worker.wait(timeout_s)
+
+    def _on_returned(self, generation: int, result: Any) -> None:
+        if generation != self._generation or getattr(result, "volume", None) is not self._volume:
+            return  # a result for a volume no longer on screen
+        self.result = result
+        self.finished_ok.emit(result)
+
+    def _on_errored(self, generation: int, exc: BaseException) -> None:
+        if generation != self._generation:
+            return
+        if isinstance(exc, Cancelled):
+            self.cancelled.emit()
+        else:
+            self.failed.emit(describe_failure(exc))
+
+    def _on_finished(self, worker: GeneratorWorker) -> None:
+        if self._worker is worker:
+            self._worker = None
+            self.busyChanged.emit(False)
+        worker.deleteLater()

@@ -1,0 +1,267 @@
+"""The window's analysis part: Analyze button, model/device choosers, overlay controls,
+results dock and export menu, wired to :class:`AnalysisController`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtCore import QObject, Qt
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import QComboBox, QDockWidget, QSlider
+
+from ctscreen.viewer.analysis import DEVICE_CHOICES, MODEL_LABELS, AnalysisController, shipped_models
+from ctscreen.viewer.exports import EXPORT_KINDS, Exporter
+from ctscreen.viewer.overlays import OverlayLayers
+from ctscreen.viewer.results_panel import ResultsPanel
+
+if TYPE_CHECKING:
+    from ctscreen.viewer.main_window import MainWindow
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "estimating…"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d} left"
+
+
+def _slider(value: float, tooltip: str) -> QSlider:
+    slider = QSlider(Qt.Orientation.Horizontal)
+    slider.setRange(0, 100)
+    slider.setValue(int(round(value * 100)))
+    slider.setFixedWidth(90)
+    slider.setToolTip(tooltip)
+    return slider
+
+
+class AnalysisUi(QObject):
+    """Builds and runs the analysis controls of one :class:`MainWindow`."""
+
+    def __init__(self, window: "MainWindow") -> None:
+        super().__init__(window)
+        self.window = window
+        self.controller = AnalysisController(window)
+        self.overlays = OverlayLayers(window.slice_view)
+        self.results = ResultsPanel()
+        self.exporter = Exporter(window, self._view_state)
+        self._t0 = 0.0
+        settings = window.settings
+
+        self.dock = QDockWidget("Results", window)
+        self.dock.setObjectName("resultsDock")
+        self.dock.setWidget(self.results)
+        window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
+        window.tabifyDockWidget(window.tags_dock, self.dock)
+        self.dock.raise_()
+
+        # -- actions ---------------------------------------------------------------------------
+        self.analyze_action = QAction("Analyze", window, shortcut=QKeySequence(Qt.Key.Key_F5),
+                                      triggered=self.start)
+        self.analyze_action.setToolTip("Segment GGO and consolidation in this series (F5)")
+        self.cancel_action = QAction("Cancel analysis", window, triggered=self.controller.cancel, enabled=False)
+        self.lesions_action = QAction("Lesions", window, shortcut=QKeySequence("O"), checkable=True, checked=True)
+        self.lesions_action.setToolTip("Show the GGO / consolidation overlay (O)")
+        self.lung_action = QAction("Lung outline", window, shortcut=QKeySequence("L"), checkable=True,
+                                   checked=False)
+        self.lung_action.setToolTip("Show the lung outline (L)")
+        self.cam_action = QAction("Grad-CAM", window, shortcut=QKeySequence("G"), checkable=True, checked=False)
+        self.cam_action.setToolTip("Show the Grad-CAM heat map of the network (G)")
+        self.contour_action = QAction("Contours", window, shortcut=QKeySequence("C"), checkable=True,
+                                      checked=settings.value("overlay/mode", "fill") == "contour")
+        self.contour_action.setToolTip("Draw lesions as contours instead of filled (C)")
+        self.lesions_action.toggled.connect(self.overlays.set_lesions_visible)
+        self.lung_action.toggled.connect(self.overlays.set_lung_visible)
+        self.cam_action.toggled.connect(self.overlays.set_cam_visible)
+        self.contour_action.toggled.connect(self._set_contours)
+        self.overlays.set_fill(not self.contour_action.isChecked())
+        self.overlay_actions = (self.lesions_action, self.lung_action, self.cam_action, self.contour_action)
+
+        # -- choosers and sliders ------------------------------------------------------------------
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("Segmentation model")
+        self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.model_combo.setMaximumWidth(220)
+        self.model_combo.addItem("Default model", "")
+        for name in shipped_models():
+            self.model_combo.addItem(MODEL_LABELS.get(name, name), name)
+        for name, label in MODEL_LABELS.items():  # offered even before weights are installed
+            if self.model_combo.findData(name) < 0:
+                self.model_combo.addItem(f"{label} (not installed)", name)
+        self.device_combo = QComboBox()
+        self.device_combo.setToolTip("Where the network runs: auto picks a GPU when there is one")
+        for device in DEVICE_CHOICES:
+            self.device_combo.addItem({"auto": "Auto", "cpu": "CPU", "cuda": "CUDA GPU"}[device], device)
+        self.model_combo.currentIndexChanged.connect(self._sync_controller)
+        self.device_combo.currentIndexChanged.connect(self._sync_controller)
+        self.lesion_opacity = _slider(settings.overlay_value("lesion_opacity", 0.5), "Lesion overlay opacity")
+        self.cam_opacity = _slider(settings.overlay_value("cam_opacity", 0.45), "Grad-CAM opacity")
+        self.lesion_opacity.valueChanged.connect(self._lesion_opacity_changed)
+        self.cam_opacity.valueChanged.connect(self._cam_opacity_changed)
+        self.overlays.set_lesion_opacity(self.lesion_opacity.value() / 100)
+        self.overlays.set_cam_opacity(self.cam_opacity.value() / 100)
+
+        self._build_toolbar()
+        self._build_menus()
+
+        # -- wiring ------------------------------------------------------------------------------------
+        c = self.controller
+        c.started.connect(self._on_started)
+        c.progress.connect(self._on_progress)
+        c.finished_ok.connect(self._on_finished)
+        c.failed.connect(self._on_failed)
+        c.cancelled.connect(self._on_cancelled)
+        c.busyChanged.connect(self._on_busy)
+        self.results.sliceRequested.connect(window.slice_view.set_slice)
+        window.slice_view.sliceChanged.connect(self.results.set_current_slice)
+        window.volumeLoaded.connect(self._on_volume)
+        self.exporter.finished.connect(lambda msg: window.statusBar().showMessage(msg, 10000))
+        self.exporter.failed.connect(lambda msg: window.show_error("Export failed", msg))
+        self._update_enabled()
+
+    # -- construction ------------------------------------------------------------------------------
+    def _build_toolbar(self) -> None:
+        w = self.window
+        bar = w.addToolBar("Analysis")
+        bar.setObjectName("analysisToolBar")
+        bar.setMovable(False)
+        bar.addAction(self.analyze_action)
+        bar.addWidget(self.model_combo)
+        bar.addWidget(self.device_combo)
+        bar.addSeparator()
+        for action in (self.lesions_action, self.contour_action):
+            bar.addAction(action)
+        bar.addWidget(self.lesion_opacity)
+        bar.addAction(self.lung_action)
+        bar.addAction(self.cam_action)
+        bar.addWidget(self.cam_opacity)
+        self.toolbar = bar
+
+    def _build_menus(self) -> None:
+        w = self.window
+        menu = w.menuBar()
+        analysis_menu = menu.addMenu("&Analysis")
+        menu.insertMenu(w.help_menu.menuAction(), analysis_menu)
+        analysis_menu.addAction(self.analyze_action)
+        analysis_menu.addAction(self.cancel_action)
+        analysis_menu.addSeparator()
+        for action in self.overlay_actions:
+            analysis_menu.addAction(action)
+        analysis_menu.addSeparator()
+        analysis_menu.addAction(self.dock.toggleViewAction())
+        w.view_menu.addAction(self.dock.toggleViewAction())
+
+        self.export_menu = w.file_menu.addMenu("&Export")
+        w.file_menu.insertMenu(w.quit_action, self.export_menu)
+        w.file_menu.insertSeparator(w.quit_action)
+        self.export_actions: dict[str, QAction] = {}
+        for kind, (text, _default) in EXPORT_KINDS.items():
+            action = self.export_menu.addAction(text)
+            action.triggered.connect(lambda _=False, k=kind: self.export(k))
+            self.export_actions[kind] = action
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def configure(self, model: str | None = None, device: str | None = None) -> None:
+        """Pre-select a model and device (the CLI's --model/--device)."""
+        if model:
+            i = self.model_combo.findData(model)
+            if i < 0:  # a weights file
+                self.model_combo.addItem(Path(model).name, model)
+                self.model_combo.setItemData(self.model_combo.count() - 1, model, Qt.ItemDataRole.ToolTipRole)
+                i = self.model_combo.count() - 1
+            self.model_combo.setCurrentIndex(i)
+        if device:
+            i = self.device_combo.findData(device)
+            if i < 0:
+                self.device_combo.addItem(device, device)
+                i = self.device_combo.count() - 1
+            self.device_combo.setCurrentIndex(i)
+        self._sync_controller()
+
+    def _sync_controller(self, *_: Any) -> None:
+        self.controller.configure(model=self.model_combo.currentData() or "",
+                                  device=self.device_combo.currentData() or "auto")
+
+    def _update_enabled(self) -> None:
+        busy = self.controller.busy
+        has_volume = self.window.slice_view.volume is not None
+        has_result = self.controller.result is not None
+        self.analyze_action.setEnabled(has_volume and not busy)
+        self.cancel_action.setEnabled(busy)
+        self.model_combo.setEnabled(not busy)
+        self.device_combo.setEnabled(not busy)
+        for action in self.overlay_actions:
+            action.setEnabled(has_result)
+        self.export_menu.setEnabled(has_result)
+
+    def _view_state(self) -> dict[str, Any]:
+        view = self.window.slice_view
+        return {"slice_index": view.slice_index, "window": (view.window.width, view.window.level),
+                "fill": self.overlays.fill, "opacity": self.lesion_opacity.value() / 100,
+                "cam": self.overlays.cam_visible}
+
+    def _set_contours(self, contours: bool) -> None:
+        self.overlays.set_fill(not contours)
+        self.window.settings.set_value("overlay/mode", "contour" if contours else "fill")
+
+    def _lesion_opacity_changed(self, value: int) -> None:
+        self.overlays.set_lesion_opacity(value / 100)
+        self.window.settings.set_overlay_value("lesion_opacity", value / 100)
+
+    def _cam_opacity_changed(self, value: int) -> None:
+        self.overlays.set_cam_opacity(value / 100)
+        self.window.settings.set_overlay_value("cam_opacity", value / 100)
+
+    # -- running ----------------------------------------------------------------------------------------------
+    def start(self) -> bool:
+        self._sync_controller()
+        return self.controller.start()
+
+    def export(self, kind: str, path: str | None = None) -> bool:
+        return self.exporter.export(kind, self.controller.result, path)
+
+    def _on_volume(self, volume: Any) -> None:
+        self.controller.set_volume(volume)
+        self.overlays.set_result(None)
+        self.results.set_result(None)
+        self._update_enabled()
+
+    def _on_started(self) -> None:
+        self._t0 = time.perf_counter()
+        w = self.window
+        w.begin_task("Analysis", self.controller.cancel)
+        w.statusBar().showMessage("Analysis started — you can keep reading while it runs.")
+
+    def _on_progress(self, p: Any) -> None:
+        fraction = float(getattr(p, "fraction", 0.0) or 0.0)
+        message = str(getattr(p, "message", "") or getattr(p, "stage", ""))
+        eta = format_eta(getattr(p, "eta_s", None))
+        self.window.task_progress(int(round(fraction * 1000)), 1000, f"Analysis %p% · {eta}", f"{message} — {eta}")
+
+    def _on_finished(self, result: Any) -> None:
+        self.overlays.set_result(result)
+        self.results.set_result(result)
+        self.results.set_current_slice(self.window.slice_view.slice_index)
+        self.dock.show()
+        self.dock.raise_()
+        m = result.measurements
+        elapsed = time.perf_counter() - self._t0
+        self.window.statusBar().showMessage(
+            f"Analysis done in {elapsed:.0f} s: lesions {m.lesion_volume_ml:.1f} mL "
+            f"({m.percent_involved:.1f} % of the lungs), severity {m.severity_total}/30", 15000)
+        self._update_enabled()
+
+    def _on_failed(self, message: str) -> None:
+        self.window.show_error("Analysis failed", message)
+
+    def _on_cancelled(self) -> None:
+        kept = " The previous result is still shown." if self.controller.result is not None else ""
+        self.window.statusBar().showMessage(f"Analysis cancelled; nothing was changed.{kept}", 10000)
+
+    def _on_busy(self, busy: bool) -> None:
+        if not busy:
+            self.window.end_task("Analysis")
+        self._update_enabled()
+

@@ -1,0 +1,190 @@
+"""Analysis overlays on the slice view: lesions, lung outline and Grad-CAM.
+
+Each is one ``ImageItem`` placed on the image's millimetre rectangle, updated
+on every slice change from the result's arrays (a palette ``take`` per slice,
+no item re-created). Lesions are drawn filled or as contours; the legend, the
+Grad-CAM colour bar and the "activation mostly outside the lung" flag are
+items of the same view.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+
+from ctscreen.imaging.result import CONSOLIDATION, GGO
+from ctscreen.viewer.slice_view import SliceView
+
+#: RGB of the lesion classes and of the lung outline (distinct from the Grad-CAM map's blue-to-red).
+GGO_RGB = (255, 214, 0)
+CONSOLIDATION_RGB = (255, 40, 200)
+LUNG_RGB = (70, 220, 120)
+CAM_COLORMAP = "turbo"
+#: Grad-CAM values below this are transparent, so the anatomy stays readable under the map.
+CAM_FLOOR = 0.15
+
+
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` (labels) that touch a pixel with a different label (4-neighbourhood)."""
+    m = np.asarray(mask)
+    edge = np.zeros(m.shape, dtype=bool)
+    edge[1:, :] |= m[1:, :] != m[:-1, :]
+    edge[:-1, :] |= m[:-1, :] != m[1:, :]
+    edge[:, 1:] |= m[:, 1:] != m[:, :-1]
+    edge[:, :-1] |= m[:, :-1] != m[:, 1:]
+    return edge & (m > 0)
+
+
+def _palette(colours: dict[int, tuple[int, int, int]]) -> np.ndarray:
+    pal = np.zeros((256, 4), dtype=np.uint8)
+    for value, rgb in colours.items():
+        pal[value, :3] = rgb
+        pal[value, 3] = 255
+    return pal
+
+
+_LESION_PALETTE = _palette({GGO: GGO_RGB, CONSOLIDATION: CONSOLIDATION_RGB})
+_LUNG_PALETTE = _palette({1: LUNG_RGB, 2: LUNG_RGB})
+
+
+class OverlayLayers:
+    """Lesion, lung-outline and Grad-CAM layers of one :class:`SliceView`.
+
+    The layers follow ``view.sliceChanged``; :meth:`set_result` gives them a
+    result (or None to clear them).
+    """
+
+    def __init__(self, view: SliceView) -> None:
+        self.view = view
+        self.result: Any = None
+        self._flagged: set[int] = set()
+        self.lesions_visible = True
+        self.lung_visible = False
+        self.cam_visible = False
+        self.fill = True
+
+        self.lung_item = pg.ImageItem(axisOrder="row-major")
+        self.cam_item = pg.ImageItem(axisOrder="row-major")
+        self.lesion_item = pg.ImageItem(axisOrder="row-major")
+        cmap = pg.colormap.get(CAM_COLORMAP)
+        lut = cmap.getLookupTable(0.0, 1.0, 256, alpha=True)
+        lut[: int(CAM_FLOOR * 255), 3] = 0
+        self.cam_item.setLookupTable(lut)
+        self.cam_item.setLevels((0.0, 1.0))
+        view.add_layer(self.lung_item, 10)
+        view.add_layer(self.cam_item, 15)
+        view.add_layer(self.lesion_item, 20)
+        self.lesion_item.setOpacity(0.5)
+        self.cam_item.setOpacity(0.45)
+
+        # Legend (bottom left, above the window text) and the Grad-CAM flag (top centre).
+        self.legend = pg.TextItem(anchor=(0, 1))
+        self.legend.setHtml(
+            f'<span style="color: rgb{GGO_RGB}; font-size: 9pt;">■</span>'
+            f'<span style="color: #e6e6e6; font-size: 9pt;"> GGO&nbsp;&nbsp;</span>'
+            f'<span style="color: rgb{CONSOLIDATION_RGB}; font-size: 9pt;">■</span>'
+            f'<span style="color: #e6e6e6; font-size: 9pt;"> Consolidation</span>')
+        self.cam_flag = pg.TextItem(anchor=(0.5, 0), color=(255, 190, 60))
+        font = self.cam_flag.textItem.font()
+        font.setBold(True)
+        self.cam_flag.setFont(font)
+        for item in (self.legend, self.cam_flag):
+            item.setParentItem(view.view_box)
+            item.setZValue(1001)
+            item.hide()
+
+        # Colour scale of the Grad-CAM map, in the layout beside the image.
+        self.cam_bar = pg.ColorBarItem(values=(0.0, 1.0), colorMap=cmap, width=12, interactive=False,
+                                       label="Grad-CAM")
+        self.cam_bar.axis.setTextPen(pg.mkPen((220, 220, 220)))
+        self.cam_bar.axis.setStyle(tickLength=4)
+        view.graphics.ci.addItem(self.cam_bar, row=0, col=1)
+        self.cam_bar.hide()
+        self.cam_bar.setMaximumWidth(0)
+
+        view.view_box.sigResized.connect(self._place_labels)
+        view.sliceChanged.connect(self.update)
+        self._place_labels()
+
+    # -- state -----------------------------------------------------------------------------------
+    def set_result(self, result: Any) -> None:
+        self.result = result
+        self._flagged = set(result.cam_flagged_slices()) if result is not None else set()
+        rect = self.view.pixel_rect_mm()
+        for item in (self.lung_item, self.cam_item, self.lesion_item):
+            item.clear()
+            if result is not None:
+                item.setRect(rect)
+        self.update()
+
+    def set_lesions_visible(self, visible: bool) -> None:
+        self.lesions_visible = bool(visible)
+        self.update()
+
+    def set_lung_visible(self, visible: bool) -> None:
+        self.lung_visible = bool(visible)
+        self.update()
+
+    def set_cam_visible(self, visible: bool) -> None:
+        self.cam_visible = bool(visible)
+        self.update()
+
+    def set_fill(self, fill: bool) -> None:
+        self.fill = bool(fill)
+        self.update()
+
+    def set_lesion_opacity(self, opacity: float) -> None:
+        self.lesion_item.setOpacity(float(opacity))
+
+    def set_cam_opacity(self, opacity: float) -> None:
+        self.cam_item.setOpacity(float(opacity))
+
+    # -- drawing ---------------------------------------------------------------------------------------
+    def lesion_rgba(self, k: int) -> np.ndarray:
+        """The lesion layer of slice ``k`` as RGBA (filled or contour, as set)."""
+        labels = np.asarray(self.result.lesion[k])
+        if not self.fill:
+            labels = np.where(boundary(labels), labels, 0).astype(np.uint8)
+        return np.take(_LESION_PALETTE, labels, axis=0)
+
+    def update(self, *_: Any) -> None:
+        result = self.result
+        has = result is not None and self.view.volume is result.volume
+        k = self.view.slice_index
+        show_lesions = has and self.lesions_visible
+        if show_lesions:
+            self.lesion_item.setImage(self.lesion_rgba(k), autoLevels=False, levels=(0, 255))
+        self.lesion_item.setVisible(show_lesions)
+        self.legend.setVisible(show_lesions)
+
+        show_lung = has and self.lung_visible
+        if show_lung:
+            lung = np.asarray(result.lung[k])
+            self.lung_item.setImage(np.take(_LUNG_PALETTE, np.where(boundary(lung), lung, 0), axis=0),
+                                    autoLevels=False, levels=(0, 255))
+        self.lung_item.setVisible(show_lung)
+
+        cam = result.cam.get(k) if has and self.cam_visible else None
+        if cam is not None:
+            self.cam_item.setImage(np.asarray(cam, dtype=np.float32), autoLevels=False, levels=(0.0, 1.0))
+        self.cam_item.setVisible(cam is not None)
+        show_bar = has and self.cam_visible
+        self.cam_bar.setVisible(show_bar)
+        self.cam_bar.setMaximumWidth(80 if show_bar else 0)
+
+        flag = ""
+        if has and self.cam_visible:
+            if k in self._flagged:
+                share = result.cam_outside_fraction[k]
+                flag = f"⚠ Grad-CAM: {share:.0%} of the activation lies outside the lung on this slice"
+            elif cam is None:
+                flag = "no Grad-CAM map for this slice"
+        self.cam_flag.setText(flag)
+        self.cam_flag.setVisible(bool(flag))
+
+    def _place_labels(self, *_: Any) -> None:
+        rect = self.view.view_box.boundingRect()
+        self.legend.setPos(6, rect.height() - 24)
+        self.cam_flag.setPos(rect.width() / 2, 24)
