@@ -195,6 +195,15 @@ def test_building_blocks():
     lung = np.array([[[1, 1], [0, 0]], [[1, 1], [1, 1]]])
     np.testing.assert_allclose(outside_fraction(out, lung), [1 / 1.5, 0.0])
 
+    # Faint diffuse activation outside the lung does not outweigh a peak inside it ...
+    faint = np.full((1, 10, 10), 0.1, dtype=np.float32)
+    faint[0, 4:6, 4:6] = 1.0
+    lung = np.zeros((1, 10, 10), dtype=np.uint8)
+    lung[0, 3:7, 3:7] = 1
+    assert outside_fraction(faint, lung)[0] == 0.0
+    # ... unless asked for the plain sum: 84 px x 0.1 outside against 4 x 1 + 12 x 0.1 inside.
+    np.testing.assert_allclose(outside_fraction(faint, lung, min_level=0), [8.4 / (8.4 + 5.2)])
+
 
 def test_gradcam_for_result_uses_the_results_box_and_lung():
     from types import SimpleNamespace

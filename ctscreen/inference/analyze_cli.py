@@ -240,14 +240,16 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
                 break
             bar.update(STAGE_LABELS.get(p.stage, p.stage), p.fraction, p.eta_s, p.message)
         bar.update("writing results", 1.0, None, "")
+        # the model was loaded here, before the pipeline: count it in the report's timings
+        result = dataclasses.replace(result, timings_s={**result.timings_s,
+                                                         "model": result.timings_s.get("model", 0.0) + model_s})
         t = time.perf_counter()
         written = export_staged(result, out, png, seg, force)
-        timings = {**result.timings_s, "model": result.timings_s.get("model", 0.0) + model_s,
-                   "export": time.perf_counter() - t}
+        export_s = time.perf_counter() - t
     finally:
         gen.close()
         bar.close()
-    result = dataclasses.replace(result, timings_s=timings)
+    result = dataclasses.replace(result, timings_s={**result.timings_s, "export": export_s})
     return AnalyzeRun(result=result, written=tuple(written), total_s=time.perf_counter() - t0, out=out)
 
 
