@@ -2,7 +2,7 @@
 
 Protocol: each image (an 8-bit lung-window slice cropped to the thorax, as in
 COVID-SemiSeg) is fed through :func:`ctscreen.inference.preprocess.image_to_model_input`;
-the lesion probability (GGO + consolidation, with flip test-time augmentation)
+the lesion probability (GGO + consolidation, averaged over 4 flipped views)
 is resized to the mask's resolution and thresholded at 0.5. Dice, IoU,
 sensitivity and specificity are computed per image and averaged. Masks are
 0/255 binary or 0/1/2 multi-class (then Dice per class is reported too).
@@ -24,7 +24,7 @@ from ctscreen.inference.data import paired_files, read_gray, read_mask_kind
 from ctscreen.inference.metrics import binary_scores, mean_scores
 from ctscreen.inference.models import LoadedModel, load_model
 from ctscreen.inference.preprocess import image_to_model_input
-from ctscreen.inference.segment import predict_tensor
+from ctscreen.inference.segment import labels_from_probs, predict_tensor
 
 
 class EvaluationInputError(CtscreenError):
@@ -32,7 +32,7 @@ class EvaluationInputError(CtscreenError):
 
 
 def evaluate(images: Path, masks: Path, model: LoadedModel, batch_size: int = 8,
-             tta: bool = True) -> dict[str, Any]:
+             tta: int = 4) -> dict[str, Any]:
     """Score ``model`` on every image in ``images`` against the same-stem mask in ``masks``."""
     images, masks = Path(images), Path(masks)
     for d in (images, masks):
@@ -58,18 +58,16 @@ def evaluate(images: Path, masks: Path, model: LoadedModel, batch_size: int = 8,
             truth, is_mc = read_mask_kind(mp)
             h, w = truth.shape
             up = np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in p])
-            lesion_p = up[1] + up[2]
-            pred = lesion_p >= 0.5
-            r = binary_scores(pred, truth > 0)
+            cls = labels_from_probs(up)
+            r = binary_scores(cls > 0, truth > 0)
             if is_mc:
-                cls = np.where(pred, 1 + (up[2] > up[1]).astype(np.uint8), 0)
                 r["dice_ggo"] = binary_scores(cls == 1, truth == 1)["dice"]
                 r["dice_consolidation"] = binary_scores(cls == 2, truth == 2)["dice"]
             rows.append(r)
     m = mean_scores(rows)
     return {
         "model": model.name, "model_version": model.version, "device": str(model.device),
-        "images": len(rows), "threshold": 0.5, "tta": tta,
+        "images": len(rows), "threshold": 0.5, "tta_views": tta,
         **{k: round(v, 4) for k, v in m.items()},
     }
 
