@@ -65,6 +65,8 @@ def test_analyze_yields_increasing_progress_and_an_immutable_result(model_file):
         assert done and done == sorted(done), stage
     seg = [p for p in ticks if p.stage == "segmentation"]
     assert (seg[-1].done, seg[-1].total) == (NZ, NZ)
+    assert all(p.eta_s is None or p.eta_s >= 0 for p in ticks)
+    assert all(p.eta_s is not None for p in seg[1:])  # measured rates give an ETA once a batch is done
 
     assert result.lung.shape == result.lesion.shape == result.lesion_prob.shape == vol.shape
     assert result.lung.dtype == np.uint8 and result.lesion.dtype == np.uint8

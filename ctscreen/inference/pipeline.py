@@ -140,12 +140,13 @@ class _Tracker:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled("analysis cancelled by the user; nothing was saved")
 
-    def tick(self, stage: str, done: int, total: int, message: str = "") -> Progress:
+    def tick(self, stage: str, done: int, total: int, message: str = "", eta_s: float | None = None) -> Progress:
+        """A :class:`Progress`; ``eta_s`` from the caller's measured rates, else from elapsed time and weights."""
         part = (done / total) if total else 1.0
         self.fraction = max(self.fraction, min(1.0, self.base[stage] + self.weights[stage] * part))
         elapsed = time.perf_counter() - self.t0
-        eta = None
-        if self.fraction >= 0.05 and elapsed > 0.5:
+        eta = eta_s
+        if eta is None and self.fraction >= 0.05 and elapsed > 0.5:
             eta = elapsed * (1.0 - self.fraction) / self.fraction
         label = STAGE_LABELS.get(stage, stage)
         return Progress(stage, int(done), int(total), eta, message or f"{label} {done}/{total}", self.fraction)
@@ -198,12 +199,16 @@ class _Runner:
         self.warnings = warnings
 
     def batched(self, stage: str, indices: list[int], batch_size: int,
-                fn: Callable[[Any, list[int]], Any], sink: Callable[[list[int], Any], None]
-                ) -> Generator[Progress, None, None]:
-        """Run ``fn(model, batch_indices)`` over ``indices`` in batches; ``sink`` stores each output."""
+                fn: Callable[[Any, list[int]], Any], sink: Callable[[list[int], Any], None],
+                eta: Callable[[int, int, float], float] | None = None) -> Generator[Progress, None, None]:
+        """Run ``fn(model, batch_indices)`` over ``indices`` in batches; ``sink`` stores each output.
+
+        ``eta(done, total, seconds_so_far)`` estimates the seconds left for the whole analysis.
+        """
         n = len(indices)
         bs = max(1, int(batch_size))
         start = 0
+        t0 = time.perf_counter()
         while start < n:
             self.tracker.check_cancel()
             batch = indices[start:start + bs]
@@ -226,7 +231,8 @@ class _Runner:
                 continue
             sink(batch, out)
             start += len(batch)
-            yield self.tracker.tick(stage, start, n)
+            left = eta(start, n, time.perf_counter() - t0) if eta is not None else None
+            yield self.tracker.tick(stage, start, n, eta_s=left)
 
 
 def _load_volume(source: Any, tracker: _Tracker) -> Generator[Progress, None, Volume]:
@@ -348,13 +354,25 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
     def seg(m: Any, idx: list[int]) -> np.ndarray:
         return segment_batch(m, hu[idx], box, tta=options.tta)
 
+    lesion_slices_seen = [0]
+
     def store_seg(idx: list[int], probs: np.ndarray) -> None:
         probs = np.asarray(probs)
-        lesion[idx] = probs.argmax(axis=1).astype(np.uint8)
+        labels = probs.argmax(axis=1).astype(np.uint8)
+        labels[lung[idx] == 0] = 0
+        lesion[idx] = labels
         lesion_prob[idx] = (probs[:, GGO] + probs[:, CONSOLIDATION]).astype(np.float16)
+        lesion_slices_seen[0] += int(np.count_nonzero(labels.reshape(len(idx), -1).any(axis=1)))
+
+    def seg_eta(done: int, total: int, spent_s: float) -> float:
+        per_slice = spent_s / done
+        cam_slices = {"none": 0.0, "all": float(nz), "lesions": lesion_slices_seen[0] * total / done}[options.cam]
+        # one Grad-CAM slice costs about 1.6 plain forward passes; a TTA segmentation slice costs 2
+        cam_per_slice = per_slice * (0.8 if options.tta else 1.6)
+        return per_slice * (total - done) + cam_slices * cam_per_slice + 0.02 * spent_s
 
     yield tracker.tick("segmentation", 0, len(todo_seg), f"segmentation 0/{len(todo_seg)} slices with lung")
-    yield from runner.batched("segmentation", todo_seg, options.batch_size, seg, store_seg)
+    yield from runner.batched("segmentation", todo_seg, options.batch_size, seg, store_seg, seg_eta)
     lesion = constrain_to_lung(lesion, lung)
     timings["segmentation"] = time.perf_counter() - t
 
@@ -378,7 +396,10 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
                 cam_outside[k] = float(outside[j])
 
         yield tracker.tick("gradcam", 0, len(todo), f"Grad-CAM 0/{len(todo)} slices")
-        yield from runner.batched("gradcam", todo, options.batch_size, grad, store_cam)
+        def cam_eta(done: int, total: int, spent_s: float) -> float:
+            return spent_s / done * (total - done) + 0.02 * spent_s
+
+        yield from runner.batched("gradcam", todo, options.batch_size, grad, store_cam, cam_eta)
         timings["gradcam"] = time.perf_counter() - t
         flagged = sorted(k for k, f in cam_outside.items() if f > AnalysisResult.CAM_OUTSIDE_FLAG)
         if flagged:
