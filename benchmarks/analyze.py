@@ -12,7 +12,7 @@ so numbers from a busy or a different machine can still be compared.
 Usage::
 
     python benchmarks/analyze.py FOLDER [--device cpu|cuda|all] [--model unet|deeplab|FILE]
-                                 [--cam none|lesions|all] [--repeat N] [--threads N]
+                                 [--cam none|lesions|all] [--repeat N] [--threads N] [--batch-size N]
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def cam_slice_latency(run, device: str, model_arg: str | None, repeat: int = 5) 
 
 
 
-def bench_device(folder: str, device: str, model: str | None, cam: str, repeat: int, ref_s: float) -> dict:
+def bench_device(folder: str, device: str, model: str | None, cam: str, repeat: int, ref_s: float,
+                 batch_size: int = 0) -> dict:
     runs = []
     last = None
     for i in range(repeat):
@@ -91,6 +92,7 @@ def bench_device(folder: str, device: str, model: str | None, cam: str, repeat: 
             if model:
                 argv += ["--model", model]
             args = _parser().parse_args(argv)
+            args.batch_size = batch_size  # not a CLI option; 0 = the command's default
             _sync(device)
             t = time.perf_counter()
             run = analyze_folder(args, show_progress=False)
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cam", default="lesions", choices=("none", "lesions", "all"))
     p.add_argument("--repeat", type=int, default=1, help="runs per device; the fastest is reported")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--batch-size", type=int, default=0, help="slices per forward pass (0: the command's default)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "devices": {},
     }
     for dev in devices:
-        report["devices"][dev] = bench_device(a.folder, dev, a.model, a.cam, max(1, a.repeat), ref_s)
+        report["devices"][dev] = bench_device(a.folder, dev, a.model, a.cam, max(1, a.repeat), ref_s, a.batch_size)
     if "cpu" in report["devices"] and "cuda" in report["devices"]:
         report["cpu_over_gpu"] = round(report["devices"]["cpu"]["total_s"] / report["devices"]["cuda"]["total_s"], 2)
     print(json.dumps(report, indent=1))
