@@ -34,12 +34,19 @@ from typing import Any
 import numpy as np
 
 
+#: LPS unit vectors (columns) of the z, y, x array axes for an axial series loaded
+#: head first: z towards the feet, y posterior, x to the patient's left.
+STANDARD_AXIAL_DIRECTION = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+
+
 @dataclass(frozen=True)
 class Volume:
     hu: np.ndarray
     spacing_mm: tuple[float, float, float]
     origin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    #: Default: the loader's standard axial layout (index 0 most superior, rows to
+    #: posterior, columns to patient left).
+    direction: np.ndarray = field(default_factory=lambda: STANDARD_AXIAL_DIRECTION.copy())
     sop_instance_uids: tuple[str, ...] = ()
     instance_numbers: tuple[int | None, ...] = ()
     z_mm: tuple[float, ...] = ()
