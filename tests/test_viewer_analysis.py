@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("pytestqt")
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPointF, Qt
 from PySide6.QtWidgets import QApplication
 
 from ctscreen.errors import Cancelled
@@ -124,6 +124,14 @@ def test_overlays_results_and_jumps(window, qtbot):
     overlay = ui.overlays.lesion_item
     assert overlay.isVisible() and overlay.image is not None
     assert (overlay.image[..., 3] > 0).sum() == (result.lesion[k] > 0).sum()
+    # ...placed exactly on the image (same millimetre rectangle)...
+    image_rect = view.image_item.mapRectToParent(view.image_item.boundingRect())
+    assert overlay.mapRectToParent(overlay.boundingRect()) == image_rect
+    # ...and on screen: the lesion's centre pixel turns yellow where the image was grey.
+    centre_mm = QPointF(160.5 * view.volume.spacing_mm[2], 260.5 * view.volume.spacing_mm[1])
+    centre = view.graphics.mapFromScene(view.view_box.mapViewToScene(centre_mm))
+    pixel = view.graphics.grab().toImage().pixelColor(centre)
+    assert pixel.red() > pixel.blue() + 40 and pixel.green() > pixel.blue() + 40, pixel.name()
     assert ui.overlays.legend.isVisible()
     assert ui.results.marker.value() == pytest.approx(p001_z(view, k))
 

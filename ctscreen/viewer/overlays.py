@@ -60,6 +60,7 @@ class OverlayLayers:
         self.view = view
         self.result: Any = None
         self._flagged: set[int] = set()
+        self._placed: set[pg.ImageItem] = set()
         self.lesions_visible = True
         self.lung_visible = False
         self.cam_visible = False
@@ -112,12 +113,17 @@ class OverlayLayers:
     def set_result(self, result: Any) -> None:
         self.result = result
         self._flagged = set(result.cam_flagged_slices()) if result is not None else set()
-        rect = self.view.pixel_rect_mm()
+        self._placed.clear()
         for item in (self.lung_item, self.cam_item, self.lesion_item):
             item.clear()
-            if result is not None:
-                item.setRect(rect)
         self.update()
+
+    def _show(self, item: pg.ImageItem, image: np.ndarray, levels: tuple[float, float]) -> None:
+        item.setImage(image, autoLevels=False, levels=levels)
+        if item not in self._placed:
+            # setRect scales by the image's size, so it can only follow the first setImage.
+            item.setRect(self.view.pixel_rect_mm())
+            self._placed.add(item)
 
     def set_lesions_visible(self, visible: bool) -> None:
         self.lesions_visible = bool(visible)
@@ -155,20 +161,19 @@ class OverlayLayers:
         k = self.view.slice_index
         show_lesions = has and self.lesions_visible
         if show_lesions:
-            self.lesion_item.setImage(self.lesion_rgba(k), autoLevels=False, levels=(0, 255))
+            self._show(self.lesion_item, self.lesion_rgba(k), (0, 255))
         self.lesion_item.setVisible(show_lesions)
         self.legend.setVisible(show_lesions)
 
         show_lung = has and self.lung_visible
         if show_lung:
             lung = np.asarray(result.lung[k])
-            self.lung_item.setImage(np.take(_LUNG_PALETTE, np.where(boundary(lung), lung, 0), axis=0),
-                                    autoLevels=False, levels=(0, 255))
+            self._show(self.lung_item, np.take(_LUNG_PALETTE, np.where(boundary(lung), lung, 0), axis=0), (0, 255))
         self.lung_item.setVisible(show_lung)
 
         cam = result.cam.get(k) if has and self.cam_visible else None
         if cam is not None:
-            self.cam_item.setImage(np.asarray(cam, dtype=np.float32), autoLevels=False, levels=(0.0, 1.0))
+            self._show(self.cam_item, np.asarray(cam, dtype=np.float32), (0.0, 1.0))
         self.cam_item.setVisible(cam is not None)
         show_bar = has and self.cam_visible
         self.cam_bar.setVisible(show_bar)
