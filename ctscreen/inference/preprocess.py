@@ -41,8 +41,8 @@ def hu_to_unit(hu: np.ndarray) -> np.ndarray:
         ``(hu - HU_LOW) / (HU_HIGH - HU_LOW)`` clipped to [0, 1]; equal to a
         training image's grey level divided by 255.
     """
-    x = (np.asarray(hu, dtype=np.float32) - HU_LOW) * (1.0 / (HU_HIGH - HU_LOW))
-    return np.clip(x, 0.0, 1.0, out=x)
+    x = (np.asarray(hu, dtype=np.float32) - np.float32(HU_LOW)) * np.float32(1.0 / (HU_HIGH - HU_LOW))
+    return np.clip(x, np.float32(0.0), np.float32(1.0)).astype(np.float32, copy=False)
 
 
 def gray_to_unit(img: np.ndarray) -> np.ndarray:
