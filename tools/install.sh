@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs ctscreen on a fresh Debian/Ubuntu machine into ./.venv:
+# the system libraries Qt needs (offscreen or on a desktop), dicom3tools (the
+# DICOM validator the tests use), the CPU build of torch, then ctscreen with
+# its test extras. Usage: tools/install.sh   (from the repository root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq || echo "install.sh: apt-get update failed; trying the install anyway" >&2
+    $SUDO apt-get install -y -qq --no-install-recommends \
+        libegl1 libgl1 libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 libglib2.0-0 libdbus-1-3 \
+        dicom3tools >/dev/null \
+        || echo "install.sh: some system packages could not be installed (Qt may need libegl1/libxkbcommon0; dciodvfy tests will skip)" >&2
+fi
+
+$PY -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# The CPU build of torch first: plain 'torch' from PyPI would pull a multi-GB CUDA build.
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[test]"
+python -c "import ctscreen, torch, PySide6, pyqtgraph, pydicom; print('ctscreen', ctscreen.__version__, 'installed with torch', torch.__version__)"
