@@ -165,3 +165,49 @@ def test_p001_end_to_end_with_the_shipped_model(capsys, tmp_path):
     assert (out / "lesions_seg.dcm").exists()  # P001 is a COVID-19 case: lesions are expected
     assert "148 slices" in stdout and RESEARCH_NOTICE in stdout
     assert report
+
+
+@pytest.mark.parametrize("png, expect", [("all", 6), ("montage", 0), ("none", 0)])
+def test_png_choices(capsys, chest_folder, tiny_model, tmp_path, png, expect):
+    out = tmp_path / png
+    code, _, stderr = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model, "--device", "cpu",
+                           "--png", png, "--no-seg", "--cam", "none")
+    assert code == 0, stderr
+    names = {p.name for p in out.iterdir()}
+    assert len([n for n in names if n.startswith("slice_")]) == expect
+    assert ("montage.png" in names) == (png == "montage")
+    assert "lesions_seg.dcm" not in names  # --no-seg
+
+
+class _Stream:
+    def __init__(self, tty: bool):
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_bar_on_a_terminal_and_in_a_log():
+    from ctscreen.progress import ProgressBar, format_eta
+
+    assert format_eta(None) == "" and format_eta(65) == "ETA 1:05" and format_eta(3725) == "ETA 1:02:05"
+    tty = _Stream(True)
+    bar = ProgressBar(stream=tty, min_interval_s=0)
+    bar.update("segmentation", 0.42, 31, "segmentation 40/139")
+    bar.update("segmentation", 1.0, 0)
+    bar.close()
+    assert tty.text.startswith("\r") and " 42%" in tty.text and "ETA 0:31" in tty.text
+    assert tty.text.endswith("\n") and tty.text.count("\n") == 1  # one line, redrawn in place
+    log = _Stream(False)
+    bar = ProgressBar(stream=log)
+    for i in range(101):
+        bar.update("segmentation", i / 100)
+    bar.close()
+    lines = log.text.splitlines()
+    assert len(lines) == 11 and "\r" not in log.text  # one line per 10 %, no carriage returns
