@@ -78,6 +78,26 @@ def viewport_point(view, x_mm: float, y_mm: float) -> QPoint:
     return view.graphics.mapFromScene(scene)
 
 
+# -- PySide6 6.12 on Python 3.11 --------------------------------------------------------------------
+
+
+def test_many_qt_calls_do_not_exhaust_none_true_false(qtbot):
+    """Void Qt calls and Signal.emit drop references to None/True/False on PySide6 6.12 + Python 3.11;
+    without ctscreen.viewer's work-around 10,000 of them abort the interpreter (none_dealloc)."""
+    from PySide6.QtWidgets import QLabel
+
+    from ctscreen.viewer._qt_compat import pyside_leaks_singletons
+
+    label = QLabel()
+    worker = GeneratorWorker(_counting, 1)
+    for i in range(20000):
+        label.setText("x")  # returns None
+        worker.finished.emit()  # returns True
+    assert sys.getrefcount(None) > 10_000 and sys.getrefcount(True) > 10_000
+    if pyside_leaks_singletons():
+        assert sys.getrefcount(None) > 1 << 30
+
+
 # -- worker ------------------------------------------------------------------------------------------
 
 

@@ -53,12 +53,19 @@ def _application() -> QApplication:
     return app  # type: ignore[return-value]
 
 
-def _wait_for(signals: dict[str, object], timeout_s: float) -> str:
-    """Run the event loop until one of ``signals`` fires; returns its name, or "timeout"."""
+def _wait_for(signals: dict[str, object], timeout_s: float, trigger=None) -> str:
+    """Run the event loop until one of ``signals`` fires; returns its name, or "timeout".
+
+    ``trigger`` is called once the signals are connected (it may emit one at once).
+    """
     loop = QEventLoop()
     fired: list[str] = []
     for name, signal in signals.items():
         signal.connect(lambda *_, n=name: (fired.append(n), loop.quit()))  # type: ignore[attr-defined]
+    if trigger is not None:
+        trigger()
+    if fired:
+        return fired[0]
     QTimer.singleShot(int(timeout_s * 1000), loop.quit)
     loop.exec()
     return fired[0] if fired else "timeout"
@@ -97,13 +104,10 @@ def _screenshot(window, args: Namespace) -> int:
             print(f"ctscreen view: error: {reason}", file=sys.stderr)
             return 2
         if getattr(args, "analyze", False):
-            analysis = getattr(window, "analysis", None)
-            if analysis is None:
-                print("ctscreen view: error: analysis is not available in this build", file=sys.stderr)
-                return 2
-            analysis.start()
+            analysis = window.analysis
             outcome = _wait_for({"done": analysis.finished_ok, "failed": analysis.failed,
-                                 "cancelled": analysis.cancelled}, max(1.0, deadline - time.monotonic()))
+                                 "cancelled": analysis.cancelled}, max(1.0, deadline - time.monotonic()),
+                                trigger=window.analysis_ui.start)
             if outcome != "done":
                 reason = window.last_error or f"analysis {outcome}"
                 print(f"ctscreen view: error: {reason}", file=sys.stderr)
@@ -145,10 +149,7 @@ def run_view(args: Namespace) -> int:
         tmp_settings = tempfile.TemporaryDirectory(prefix="ctscreen-settings-")
         settings = ViewerSettings(tmp_settings.name)
     window = MainWindow(settings=settings, interactive=not screenshot)
-    if getattr(args, "model", None) or getattr(args, "device", None):
-        configure = getattr(window, "configure_analysis", None)
-        if configure is not None:
-            configure(model=getattr(args, "model", None), device=getattr(args, "device", "auto"))
+    window.configure_analysis(model=getattr(args, "model", None), device=getattr(args, "device", None))
     if getattr(args, "window", None):
         window.set_preset(args.window)
     if args.folder:
@@ -159,7 +160,10 @@ def run_view(args: Namespace) -> int:
         finally:
             window.close()
     window.show()
-    if args.folder and getattr(args, "analyze", False) and getattr(window, "analysis", None) is not None:
-        window.volumeLoaded.connect(lambda _v: window.analysis.start())
+    if args.folder and getattr(args, "analyze", False):
+        def analyze_once(_volume) -> None:  # only the study named on the command line
+            window.volumeLoaded.disconnect(analyze_once)
+            window.analysis_ui.start()
+        window.volumeLoaded.connect(analyze_once)
     print(RESEARCH_NOTICE, file=sys.stderr)
     return int(app.exec())

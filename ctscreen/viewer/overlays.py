@@ -22,8 +22,10 @@ GGO_RGB = (255, 214, 0)
 CONSOLIDATION_RGB = (255, 40, 200)
 LUNG_RGB = (70, 220, 120)
 CAM_COLORMAP = "turbo"
-#: Grad-CAM values below this are transparent, so the anatomy stays readable under the map.
-CAM_FLOOR = 0.15
+#: Grad-CAM opacity ramps from 0 at CAM_FLOOR to full at CAM_FULL, so weak activation does
+#: not tint the whole thorax and the anatomy stays readable under the map.
+CAM_FLOOR = 0.1
+CAM_FULL = 0.5
 
 
 def boundary(mask: np.ndarray) -> np.ndarray:
@@ -71,7 +73,8 @@ class OverlayLayers:
         self.lesion_item = pg.ImageItem(axisOrder="row-major")
         cmap = pg.colormap.get(CAM_COLORMAP)
         lut = cmap.getLookupTable(0.0, 1.0, 256, alpha=True)
-        lut[: int(CAM_FLOOR * 255), 3] = 0
+        ramp = np.clip((np.linspace(0.0, 1.0, 256) - CAM_FLOOR) / (CAM_FULL - CAM_FLOOR), 0.0, 1.0)
+        lut[:, 3] = np.round(ramp * 255).astype(np.uint8)
         self.cam_item.setLookupTable(lut)
         self.cam_item.setLevels((0.0, 1.0))
         view.add_layer(self.lung_item, 10)
@@ -97,8 +100,8 @@ class OverlayLayers:
             item.hide()
 
         # Colour scale of the Grad-CAM map, in the layout beside the image.
-        self.cam_bar = pg.ColorBarItem(values=(0.0, 1.0), colorMap=cmap, width=12, interactive=False,
-                                       label="Grad-CAM")
+        self.cam_bar = pg.ColorBarItem(values=(0.0, 1.0), colorMap=cmap, width=12, interactive=False)
+        self.cam_bar.setToolTip("Grad-CAM activation (0 = none, 1 = the slice's strongest)")
         self.cam_bar.axis.setTextPen(pg.mkPen((220, 220, 220)))
         self.cam_bar.axis.setStyle(tickLength=4)
         view.graphics.ci.addItem(self.cam_bar, row=0, col=1)

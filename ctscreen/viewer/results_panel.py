@@ -167,10 +167,12 @@ class ResultsPanel(QWidget):
             return
         self.totals.setText(totals_html(result))
         rows = list(result.measurements.rows)
+        flagged = set(result.cam_flagged_slices())
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
+            mark = " ⚠" if row.index in flagged else ""
             cells = [
-                _NumberItem(row.index + 1, str(row.index + 1)),
+                _NumberItem(row.index + 1, f"{row.index + 1}{mark}"),
                 _NumberItem(row.z_mm, _num(row.z_mm)),
                 _NumberItem(row.ggo_area_mm2, _num(row.ggo_area_mm2)),
                 _NumberItem(row.consolidation_area_mm2, _num(row.consolidation_area_mm2)),
@@ -179,6 +181,9 @@ class ResultsPanel(QWidget):
                 _NumberItem(row.percent_of_slice_lung, _num(row.percent_of_slice_lung)),
             ]
             cells[0].setData(Qt.ItemDataRole.UserRole, row.index)
+            if mark:
+                share = result.cam_outside_fraction.get(row.index, float("nan"))
+                cells[0].setToolTip(f"Grad-CAM: {share:.0%} of the activation lies outside the lung on this slice")
             self._items_by_slice[row.index] = cells[0]
             for c, item in enumerate(cells):
                 self.table.setItem(r, c, item)
