@@ -99,8 +99,9 @@ class AnalyzeOptions:
         Grad-CAM for ``"none"``, the ``"lesions"`` slices (any lesion voxel) or ``"all"`` slices.
     cam_layer : str or None
         Network layer for Grad-CAM (a key of ``model.cam_layers()``); None = the model's default.
-    tta : bool
-        Test-time augmentation in the segmentation.
+    tta : bool or int
+        Test-time augmentation in the segmentation (True: the model's default number of
+        flipped views for the device, or 1, 2, 4 views; see ``segment.tta_views``).
     cancel : threading.Event or None
         Set it to stop the analysis at the next batch boundary.
     """
@@ -110,7 +111,7 @@ class AnalyzeOptions:
     batch_size: int = 8
     cam: str = "lesions"
     cam_layer: str | None = None
-    tta: bool = True
+    tta: bool | int = True
     cancel: threading.Event | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -338,7 +339,11 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
         warnings.append("No lung was found in this series, so no lesion can be reported; "
                         "check that it is a chest CT that covers the lungs.")
 
-    from ctscreen.inference.segment import segment_batch, thorax_box
+    # segment_batch is looked up at call time so tests can stand in a fake one
+    from ctscreen.inference import segment
+    from ctscreen.inference.segment import labels_from_probs, thorax_box, tta_views
+
+    views = tta_views(options.tta, model.device)
 
     t = time.perf_counter()
     box = tuple(int(v) for v in thorax_box(hu))
@@ -352,13 +357,13 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
     todo_seg = [int(k) for k in np.flatnonzero(lung.reshape(nz, -1).any(axis=1))]
 
     def seg(m: Any, idx: list[int]) -> np.ndarray:
-        return segment_batch(m, hu[idx], box, tta=options.tta)
+        return segment.segment_batch(m, hu[idx], box, tta=options.tta)
 
     lesion_slices_seen = [0]
 
     def store_seg(idx: list[int], probs: np.ndarray) -> None:
         probs = np.asarray(probs)
-        labels = probs.argmax(axis=1).astype(np.uint8)
+        labels = labels_from_probs(probs)  # the rule the models were validated with (lesion: GGO + cons >= 0.5)
         labels[lung[idx] == 0] = 0
         lesion[idx] = labels
         lesion_prob[idx] = (probs[:, GGO] + probs[:, CONSOLIDATION]).astype(np.float16)
@@ -367,8 +372,8 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
     def seg_eta(done: int, total: int, spent_s: float) -> float:
         per_slice = spent_s / done
         cam_slices = {"none": 0.0, "all": float(nz), "lesions": lesion_slices_seen[0] * total / done}[options.cam]
-        # one Grad-CAM slice costs about 1.6 plain forward passes; a TTA segmentation slice costs 2
-        cam_per_slice = per_slice * (0.8 if options.tta else 1.6)
+        # one Grad-CAM slice costs about 1.6 forward passes; a segmentation slice one per TTA view
+        cam_per_slice = per_slice * 1.6 / views
         return per_slice * (total - done) + cam_slices * cam_per_slice + 0.02 * spent_s
 
     yield tracker.tick("segmentation", 0, len(todo_seg), f"segmentation 0/{len(todo_seg)} slices with lung")
