@@ -77,7 +77,8 @@ def test_analyze_yields_increasing_progress_and_an_immutable_result(model_file):
     # labels follow the validated rule: lesion where P(GGO) + P(consolidation) >= 0.5, inside the lung
     prob = result.lesion_prob.astype(np.float32)
     inside = result.lung > 0
-    assert np.all((result.lesion > 0)[inside] == (prob >= 0.5)[inside] | (np.abs(prob - 0.5) < 1e-3)[inside])
+    mismatch = (result.lesion > 0) != (prob >= 0.5)
+    assert not (mismatch & inside & (np.abs(prob - 0.5) > 1e-3)).any()  # float16 rounding aside
     with pytest.raises(ValueError):
         result.lesion[0, 0, 0] = 1  # read-only
     assert result.model_name == "tiny" and result.model_version == "test-1"
