@@ -155,6 +155,15 @@ def test_not_analysable_volume_is_refused_before_any_work(model_file):
         next(gen)
 
 
+def test_unknown_cam_layer_is_refused_before_the_segmentation(model_file):
+    gen = analyze(synthetic_volume(), AnalyzeOptions(model=model_file, device="cpu", cam_layer="nope"))
+    stages = []
+    with pytest.raises(ValueError, match="unknown Grad-CAM layer 'nope'"):
+        for p in gen:
+            stages.append(p.stage)
+    assert "segmentation" not in stages
+
+
 def test_options_are_validated():
     with pytest.raises(ValueError):
         AnalyzeOptions(cam="some")

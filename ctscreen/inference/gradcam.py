@@ -59,7 +59,8 @@ def _net(model: Any) -> torch.nn.Module:
     return model.net if hasattr(model, "net") else model
 
 
-def _resolve_layer(model: Any, layer: str | None) -> tuple[str, torch.nn.Module]:
+def resolve_layer(model: Any, layer: str | None) -> tuple[str, torch.nn.Module]:
+    """``(name, module)`` of a layer: one of ``model.cam_layers()``, else any named module; ValueError if none."""
     name = layer or default_layer(model)
     layers = available_layers(model)
     if name in layers:
@@ -233,7 +234,7 @@ def gradcam_batch(model: Any, hu_slices: np.ndarray, box: Sequence[int], lung_sl
     hu_slices = np.asarray(hu_slices)
     if hu_slices.ndim == 2:
         hu_slices = hu_slices[None]
-    _, module = _resolve_layer(model, layer)
+    _, module = resolve_layer(model, layer)
     net = _net(model)
     x = model.prepare(hu_slices, box)
     store: dict[str, torch.Tensor] = {}

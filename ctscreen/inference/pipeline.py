@@ -26,7 +26,7 @@ from typing import Any, Callable, Generator, Iterable
 import numpy as np
 
 from ctscreen.errors import Cancelled, NotAnalysable
-from ctscreen.imaging.measurements import constrain_to_lung, measure_volume
+from ctscreen.imaging.measurements import measure_volume
 from ctscreen.imaging.result import CONSOLIDATION, GGO, AnalysisResult
 from ctscreen.imaging.volume import Volume
 from ctscreen.inference.device import describe_device, free_accelerator_memory, is_out_of_memory
@@ -327,6 +327,10 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
     yield tracker.tick("model", 0, 1, "loading model")
     model = _load_model(options)
     timings["model"] = time.perf_counter() - t
+    if options.cam != "none" and options.cam_layer:
+        from ctscreen.inference.gradcam import resolve_layer
+
+        resolve_layer(model, options.cam_layer)  # an unknown layer fails now, not after the segmentation
     yield tracker.tick("model", 1, 1, f"model {getattr(model, 'name', '?')} on {model.device}")
 
     t = time.perf_counter()
@@ -364,7 +368,7 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
     def store_seg(idx: list[int], probs: np.ndarray) -> None:
         probs = np.asarray(probs)
         labels = labels_from_probs(probs)  # the rule the models were validated with (lesion: GGO + cons >= 0.5)
-        labels[lung[idx] == 0] = 0
+        labels[lung[idx] == 0] = 0  # constrained to the lung, as measurements.constrain_to_lung does
         lesion[idx] = labels
         lesion_prob[idx] = (probs[:, GGO] + probs[:, CONSOLIDATION]).astype(np.float16)
         lesion_slices_seen[0] += int(np.count_nonzero(labels.reshape(len(idx), -1).any(axis=1)))
@@ -378,7 +382,6 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
 
     yield tracker.tick("segmentation", 0, len(todo_seg), f"segmentation 0/{len(todo_seg)} slices with lung")
     yield from runner.batched("segmentation", todo_seg, options.batch_size, seg, store_seg, seg_eta)
-    lesion = constrain_to_lung(lesion, lung)
     timings["segmentation"] = time.perf_counter() - t
 
     cam: dict[int, np.ndarray] = {}
@@ -400,10 +403,10 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
                 cam[k] = _freeze(np.ascontiguousarray(maps[j], dtype=np.float32))
                 cam_outside[k] = float(outside[j])
 
-        yield tracker.tick("gradcam", 0, len(todo), f"Grad-CAM 0/{len(todo)} slices")
         def cam_eta(done: int, total: int, spent_s: float) -> float:
             return spent_s / done * (total - done) + 0.02 * spent_s
 
+        yield tracker.tick("gradcam", 0, len(todo), f"Grad-CAM 0/{len(todo)} slices")
         yield from runner.batched("gradcam", todo, options.batch_size, grad, store_cam, cam_eta)
         timings["gradcam"] = time.perf_counter() - t
         flagged = sorted(k for k, f in cam_outside.items() if f > AnalysisResult.CAM_OUTSIDE_FLAG)
