@@ -95,6 +95,14 @@ def test_existing_output_needs_force_and_is_left_intact(capsys, chest_folder, ti
     assert code == 0, stderr
     assert (out / "report.json").read_text() != "old"
     assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.json"]
+    # --force replaces a whole earlier run: a slice PNG this run does not write does not survive it
+    (out / "slice_0099.png").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    code, _, stderr = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model,
+                           "--device", "cpu", "--no-seg", "--force", "--cam", "none")
+    assert code == 0, stderr
+    names = {p.name for p in out.iterdir()}
+    assert "slice_0099.png" not in names and "notes.txt" in names and "slice_0003.png" in names
 
 
 @pytest.mark.parametrize("case", ["empty", "missing", "mr", "model", "cuda"])

@@ -133,11 +133,17 @@ def export_staged(result: AnalysisResult, out: Path, png: str, seg: bool, force:
             clash = [out / p.name for p in written if (out / p.name).exists()]
             if clash:
                 raise ExportError(f"{clash[0]} appeared during the analysis \u2014 use --force to overwrite")
+        # With --force, slice PNGs of an earlier run that this run does not write would claim lesions
+        # on slices that have none now: they go, together with the overwrite.
+        stale = [q for q in export.existing_outputs(out, planned_names(png, seg))
+                 if q.name not in {p.name for p in written}] if force else []
         for p in written:
             target = out / p.name
             os.replace(p, target)
             moved.append(target)
         ok = True
+        for q in stale:
+            q.unlink(missing_ok=True)
         return moved
     finally:
         shutil.rmtree(staging, ignore_errors=True)
