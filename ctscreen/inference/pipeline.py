@@ -164,6 +164,8 @@ def _relay_fraction_generator(gen: Generator[Any, None, Any], tracker: _Tracker,
                 return stop.value
             tracker.check_cancel()
             done, total, msg = _as_done_total(item)
+            if not msg and total == 100:
+                msg = f"{STAGE_LABELS.get(stage, stage)} {done}%"
             yield tracker.tick(stage, done, total, msg)
     finally:
         gen.close()
