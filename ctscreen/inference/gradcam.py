@@ -202,6 +202,65 @@ def outside_fraction(maps: np.ndarray, lung: np.ndarray | None, min_level: float
     return np.where(total > 0, outside / np.where(total > 0, total, 1.0), 0.0)
 
 
+class RecordedPass:
+    """A forward pass recorded for Grad-CAM: the logits and the chosen layer's output (a leaf)."""
+
+    def __init__(self, model: Any, x: torch.Tensor, logits: torch.Tensor, activations: torch.Tensor):
+        self.model = model
+        self.x = x
+        self.logits = logits
+        self.activations = activations
+
+    def region_weights(self, region: np.ndarray | None, box: Sequence[int]) -> torch.Tensor:
+        """(n, 1, H, W) target weights: ``region`` (slice geometry) or this pass's own prediction."""
+        if region is None:
+            return target_region(self.logits.detach())
+        n = self.logits.shape[0]
+        weights = region_to_input(np.asarray(region).reshape(n, *np.shape(region)[-2:]), box,
+                                  tuple(self.logits.shape[-2:])).to(self.logits.device, self.logits.dtype)
+        empty = weights.flatten(1).sum(dim=1) == 0
+        if bool(empty.any()):
+            weights[empty] = 1.0
+        return weights
+
+    def maps(self, weights: torch.Tensor, box: Sequence[int], out_shape: tuple[int, int],
+             lung_slices: np.ndarray | None = None, rows: Sequence[int] | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """One backward pass; normalised maps and outside-lung shares for ``rows`` (default: all).
+
+        ``lung_slices`` covers the whole batch. Rows left out get zero weight, so they add nothing to the target (their
+        gradient is computed with the batch but not used).
+        """
+        n = self.logits.shape[0]
+        rows = list(range(n)) if rows is None else list(rows)
+        if len(rows) < n:
+            keep = torch.zeros((n, 1, 1, 1), dtype=weights.dtype, device=weights.device)
+            keep[rows] = 1.0
+            weights = weights * keep
+        target = (self.logits[:, list(LESION_CHANNELS)] * weights).sum()
+        (grads,) = torch.autograd.grad(target, self.activations)
+        with torch.no_grad():
+            cam_small = cam_from_activations(self.activations.detach()[rows], grads[rows])
+        maps = normalise(_restore(self.model, cam_small, box, tuple(out_shape), tuple(self.x.shape[-2:])))
+        lung = None if lung_slices is None else np.asarray(lung_slices).reshape(n, *out_shape)[rows]
+        return maps, outside_fraction(maps, lung)
+
+
+def recorded_forward(model: Any, x: torch.Tensor, layer: str | None = None) -> RecordedPass:
+    """Run the network on a prepared batch, recording for autograd only what follows ``layer``.
+
+    The logits are those of a plain forward pass (the same numbers as inference),
+    so a caller can use them for the segmentation too and save a second pass.
+    """
+    name, module = resolve_layer(model, layer)
+    store: dict[str, torch.Tensor] = {}
+    with torch.enable_grad(), _frozen_parameters(_net(model)), _leaf_at(module, store):
+        logits = _forward_logits(model, x)
+    if "A" not in store:
+        raise ValueError(f"the Grad-CAM layer '{name}' was not used by the forward pass")
+    return RecordedPass(model, x, logits, store["A"])
+
+
 def gradcam_batch(model: Any, hu_slices: np.ndarray, box: Sequence[int], lung_slices: np.ndarray | None = None,
                   layer: str | None = None, region: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM maps for several slices with one forward and one backward pass.
@@ -234,30 +293,9 @@ def gradcam_batch(model: Any, hu_slices: np.ndarray, box: Sequence[int], lung_sl
     hu_slices = np.asarray(hu_slices)
     if hu_slices.ndim == 2:
         hu_slices = hu_slices[None]
-    _, module = resolve_layer(model, layer)
-    net = _net(model)
-    x = model.prepare(hu_slices, box)
-    store: dict[str, torch.Tensor] = {}
-    with torch.enable_grad(), _frozen_parameters(net), _leaf_at(module, store):
-        logits = _forward_logits(model, x)
-        if "A" not in store:
-            raise ValueError(f"the Grad-CAM layer '{layer or default_layer(model)}' was not used by the forward pass")
-        A = store["A"]
-        if region is None:
-            weights = target_region(logits.detach())
-        else:
-            weights = region_to_input(np.asarray(region).reshape(hu_slices.shape), box,
-                                      tuple(logits.shape[-2:])).to(logits.device, logits.dtype)
-            empty = weights.flatten(1).sum(dim=1) == 0
-            if bool(empty.any()):
-                weights[empty] = 1.0
-        target = (logits[:, list(LESION_CHANNELS)] * weights).sum()
-        (grads,) = torch.autograd.grad(target, A)
-    with torch.no_grad():
-        cam_small = cam_from_activations(A.detach(), grads)
-    maps = _restore(model, cam_small, box, tuple(hu_slices.shape[-2:]), tuple(x.shape[-2:]))
-    maps = normalise(maps)
-    return maps, outside_fraction(maps, lung_slices)
+    rec = recorded_forward(model, model.prepare(hu_slices, box), layer)
+    weights = rec.region_weights(region, box)
+    return rec.maps(weights, box, tuple(hu_slices.shape[-2:]), lung_slices)
 
 
 def gradcam_slice(model: Any, hu_slice: np.ndarray, box: Sequence[int], lung_slice: np.ndarray | None = None,
