@@ -66,3 +66,23 @@ def protect_singletons() -> bool:
     """Apply the work-around if needed; returns whether it was needed."""
     top_up()
     return bool(_leaks)
+
+
+_collector = None
+
+
+def collect_garbage_in_gui_thread(interval_s: float = 1.0) -> None:
+    """Run Python's cyclic garbage collector only on the GUI thread, from a timer.
+
+    Automatic collection runs in whichever thread happens to allocate, e.g. a
+    worker importing torch; if it then frees a widget caught in a reference
+    cycle, Qt aborts ("widgets must be destroyed in the GUI thread"). pyqtgraph
+    ships the cure (its ``GarbageCollector``: automatic collection off, the
+    generations collected on a GUI-thread timer with the usual thresholds);
+    install it once, after the QApplication exists.
+    """
+    global _collector
+    if _collector is None:
+        from pyqtgraph.util.garbage_collector import GarbageCollector
+
+        _collector = GarbageCollector(interval=interval_s)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Signal, Slot
 
 from ctscreen.errors import Cancelled, CtscreenError, NotAnalysable
 from ctscreen.imaging.volume import Volume
@@ -54,6 +54,26 @@ def run_request(request: AnalysisRequest, cancel: threading.Event) -> Generator[
     return (yield from analyze(request.volume, options))
 
 
+def warm_up(cancel: threading.Event) -> Generator[None, None, bool]:
+    """Import torch and the analysis modules off the GUI thread, before the first Analyze.
+
+    Loading torch's libraries holds the GIL for a few hundred milliseconds at a
+    time; done at the first Analyze it would freeze scrolling right when the
+    user starts an analysis.
+    """
+    yield None
+    import importlib
+
+    for name in ("torch", "ctscreen.inference.pipeline", "ctscreen.inference.models",
+                 "ctscreen.inference.segment", "ctscreen.inference.gradcam", "ctscreen.imaging.lungmask",
+                 "ctscreen.imaging.measurements"):
+        if cancel.is_set():
+            return False
+        importlib.import_module(name)
+        yield None
+    return True
+
+
 def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, CtscreenError):
         return str(exc)
@@ -77,6 +97,7 @@ class AnalysisController(QObject):
     """
 
     started = Signal()
+    warmedUp = Signal(bool)
     progress = Signal(object)
     finished_ok = Signal(object)
     failed = Signal(str)
@@ -93,6 +114,8 @@ class AnalysisController(QObject):
         self.device = "auto"
         self.cam = "lesions"
         self.result: Any = None
+        self._warm: GeneratorWorker | None = None
+        self.warm = False
 
     # -- configuration ----------------------------------------------------------------------
     def configure(self, model: str | None = None, device: str | None = None) -> None:
@@ -149,11 +172,31 @@ class AnalysisController(QObject):
         if self._worker is not None:
             self._worker.cancel()
 
+    def warm_up(self) -> None:
+        """Import the analysis modules in the background (once); ``warmedUp`` when done."""
+        if self.warm or self._warm is not None:
+            return
+        worker = GeneratorWorker(warm_up)
+        # Bound methods, not lambdas: Qt drops them if this controller is gone first.
+        worker.returned.connect(self._on_warm)
+        worker.errored.connect(self._on_warm_failed)
+        worker.finished.connect(worker.deleteLater)
+        self._warm = worker.start()
+
+    @Slot(object)
+    def _on_warm(self, ok: object) -> None:
+        self.warm = bool(ok)
+        self.warmedUp.emit(self.warm)
+
+    @Slot(object)
+    def _on_warm_failed(self, _exc: object) -> None:
+        self.warmedUp.emit(False)  # the real run will report what is wrong
+
     def shutdown(self, timeout_s: float = 10.0) -> None:
-        worker = self._worker
-        if worker is not None:
-            worker.cancel()
-            worker.wait(timeout_s)
+        for worker in (self._worker, self._warm):
+            if worker is not None and worker.is_running:
+                worker.cancel()
+                worker.wait(timeout_s)
 
     def _on_returned(self, generation: int, result: Any) -> None:
         if generation != self._generation or getattr(result, "volume", None) is not self._volume:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QObject, Qt
+from PySide6.QtCore import QObject, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QComboBox, QDockWidget, QSlider
 
@@ -223,6 +223,10 @@ class AnalysisUi(QObject):
         return self.exporter.export(kind, self.controller.result, path)
 
     def _on_volume(self, volume: Any) -> None:
+        if not self.controller.warm:
+            # First study on screen: load torch now, a second after the study appeared,
+            # rather than during the first analysis (see analysis.warm_up).
+            QTimer.singleShot(1000, self.controller.warm_up)
         self.controller.set_volume(volume)
         self.overlays.set_result(None)
         self.results.set_result(None)

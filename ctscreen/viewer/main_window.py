@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QM
 from ctscreen import RESEARCH_NOTICE, __version__
 from ctscreen.errors import CtscreenError
 from ctscreen.imaging.volume import Volume
+from ctscreen.viewer._qt_compat import collect_garbage_in_gui_thread
 from ctscreen.viewer.display import PRESET_LABELS, PRESET_ORDER, Window
 from ctscreen.viewer.series_browser import SeriesBrowser, iter_thumbnails
 from ctscreen.viewer.settings import ViewerSettings
@@ -76,6 +77,7 @@ class MainWindow(QMainWindow):
 
     def __init__(self, settings: ViewerSettings | None = None, interactive: bool = True) -> None:
         super().__init__()
+        collect_garbage_in_gui_thread()  # workers must never free Qt objects (see _qt_compat)
         self.settings = settings or ViewerSettings()
         self.interactive = interactive
         self.last_error = ""
