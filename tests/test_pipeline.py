@@ -11,7 +11,7 @@ import torch
 from ctscreen.errors import Cancelled, NotAnalysable
 from ctscreen.imaging.result import AnalysisResult
 from ctscreen.imaging.volume import Volume
-from ctscreen.inference import segment
+from ctscreen.inference import pipeline, segment
 from ctscreen.inference.models import load_model, save_model
 from ctscreen.inference.nets import UNet
 from ctscreen.inference.pipeline import AnalyzeOptions, Progress, analyze, cam_slice_indices, run_analysis
@@ -53,14 +53,19 @@ def _drain(gen):
             return ticks, stop.value
 
 
-def test_analyze_yields_increasing_progress_and_an_immutable_result(model_file):
+@pytest.mark.parametrize("fused", [True, False], ids=["cam-in-segmentation-pass", "cam-own-pass"])
+def test_analyze_yields_increasing_progress_and_an_immutable_result(model_file, monkeypatch, fused):
+    if not fused:  # the path a GPU takes: Grad-CAM as a stage of its own
+        monkeypatch.setattr(pipeline, "FUSED_CAM_DEVICES", ())
     vol = synthetic_volume()
     ticks, result = _drain(analyze(vol, AnalyzeOptions(model=model_file, device="cpu", batch_size=4, cam="all")))
     assert isinstance(result, AnalysisResult)
     assert ticks and all(isinstance(p, Progress) for p in ticks)
     fractions = [p.fraction for p in ticks]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
-    for stage in ("model", "lung_mask", "segmentation", "gradcam", "measurements"):
+    stages = ("model", "lung_mask", "segmentation") + (() if fused else ("gradcam",)) + ("measurements",)
+    assert [s for i, s in enumerate(p.stage for p in ticks) if i == 0 or ticks[i - 1].stage != s] == list(stages)
+    for stage in stages:
         done = [p.done for p in ticks if p.stage == stage]
         assert done and done == sorted(done), stage
     seg = [p for p in ticks if p.stage == "segmentation"]
@@ -102,7 +107,20 @@ def test_cam_lesions_only_and_layer_choice(model_file):
     assert sorted(result.cam) == cam_slice_indices(result.lesion, "lesions")
     none = run_analysis(vol, AnalyzeOptions(model=model_file, device="cpu", cam="none"))
     assert none.cam == {} and "gradcam" not in none.timings_s
+    # On the CPU the segmentation pass doubles as the Grad-CAM pass: it must segment exactly as
+    # segment.segment_batch does (cam="none" uses segment_batch itself) ...
     np.testing.assert_array_equal(none.lesion, result.lesion)
+    np.testing.assert_allclose(none.lesion_prob.astype(np.float32), result.lesion_prob.astype(np.float32),
+                               atol=2e-3)
+    # ... and explain exactly as gradcam_batch does.
+    from ctscreen.inference.gradcam import gradcam_batch
+    from ctscreen.inference.models import load_model
+
+    ks = sorted(result.cam)
+    maps, outside = gradcam_batch(load_model(model_file, "cpu"), vol.hu[ks], result.thorax_box, result.lung[ks],
+                                  "decoder1", region=result.lesion[ks])
+    np.testing.assert_allclose(np.stack([result.cam[k] for k in ks]), maps, atol=1e-4)
+    np.testing.assert_allclose([result.cam_outside_fraction[k] for k in ks], outside, atol=1e-4)
 
 
 def test_cancel_raises_and_returns_nothing(model_file):

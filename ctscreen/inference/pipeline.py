@@ -33,6 +33,9 @@ from ctscreen.inference.device import describe_device, free_accelerator_memory, 
 
 CAM_CHOICES = ("none", "lesions", "all")
 
+#: Device types on which the segmentation's plain forward pass is reused for Grad-CAM.
+FUSED_CAM_DEVICES = ("cpu",)
+
 #: Rough share of the run each stage takes on a CPU (P001, 148 slices); only shapes the progress bar and ETA.
 STAGE_WEIGHTS = {
     "load": 0.10,
@@ -136,6 +139,13 @@ class _Tracker:
         self.cancel = cancel
         self.t0 = time.perf_counter()
         self.fraction = 0.0
+
+    def merge(self, stage: str, into: str) -> None:
+        """Fold ``stage``'s share into the stage just before it (work done together)."""
+        if stage not in self.weights:
+            return
+        self.weights[into] += self.weights.pop(stage)
+        del self.base[stage]
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -261,6 +271,43 @@ def _series_name(volume: Volume) -> str:
 
 
 
+def _segment_and_explain(model: Any, hu_slices: np.ndarray, lung_slices: np.ndarray, box: tuple[int, ...],
+                         options: AnalyzeOptions, views: int, cam_layer: str,
+                         labels_of: Callable[[np.ndarray, list[int]], np.ndarray], idx: list[int],
+                         store_cam: Callable[[list[int], np.ndarray, np.ndarray], None],
+                         cam_s: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Segmentation with TTA whose plain view is recorded for Grad-CAM, then the maps it needs.
+
+    Gives the probabilities :func:`segment.segment_batch` gives (the same views,
+    averaged the same way; ``tests/test_pipeline.py`` checks it) and saves one
+    forward pass per Grad-CAM slice.
+    """
+    import torch
+
+    from ctscreen.inference import segment
+    from ctscreen.inference.gradcam import recorded_forward
+
+    flips = segment._FLIPS[views]  # the segment module's TTA views; the first is the plain slice
+    assert flips[0] == (), "the first TTA view must be the unflipped slice"
+    x = model.prepare(hu_slices, box)
+    rec = recorded_forward(model, x, cam_layer)
+    with torch.inference_mode():
+        p = torch.softmax(rec.logits.detach().float(), dim=1)
+        for dims in flips[1:]:
+            pi = torch.softmax(model.net(torch.flip(x, dims=list(dims))).float(), dim=1)
+            p = p + torch.flip(pi, dims=list(dims))
+        p = p / len(flips)
+    probs = np.asarray(model.restore(p, box, hu_slices.shape[-2:]))
+    labels = labels_of(probs, idx)
+    rows = [j for j in range(len(idx)) if options.cam == "all" or labels[j].any()]
+    if rows:
+        t = time.perf_counter()
+        maps, outside = rec.maps(rec.region_weights(labels, box), box, hu_slices.shape[-2:], lung_slices, rows)
+        store_cam([idx[j] for j in rows], maps, outside)
+        cam_s[0] += time.perf_counter() - t
+    return probs, labels
+
+
 def cam_slice_indices(lesion: np.ndarray, which: str) -> list[int]:
     """Slices that get a Grad-CAM map for ``which`` in :data:`CAM_CHOICES`."""
     if which == "none":
@@ -346,37 +393,61 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
                         "check that it is a chest CT that covers the lungs.")
 
     # segment_batch is looked up at call time so tests can stand in a fake one
-    from ctscreen.inference import segment
+    from ctscreen.inference import gradcam, segment
     from ctscreen.inference.segment import labels_from_probs, thorax_box, tta_views
 
     views = tta_views(options.tta, model.device)
+    cam_layer = (options.cam_layer or gradcam.default_layer(model)) if options.cam != "none" else ""
+    # On the CPU the segmentation's plain view doubles as the Grad-CAM forward pass (a GPU is fast
+    # enough for two passes, and there the segmentation runs in bfloat16).
+    fused = options.cam != "none" and model.device.type in FUSED_CAM_DEVICES
+    if fused:
+        tracker.merge("gradcam", into="segmentation")
 
     t = time.perf_counter()
     box = tuple(int(v) for v in thorax_box(hu))
     nz = hu.shape[0]
     lesion = np.zeros(hu.shape, dtype=np.uint8)
     lesion_prob = np.zeros(hu.shape, dtype=np.float16)
+    cam: dict[int, np.ndarray] = {}
+    cam_outside: dict[int, float] = {}
+    cam_s = [0.0]
     runner = _Runner(model, tracker, warnings)
 
     # Lesions are kept only inside the lung, so slices without lung (neck, upper abdomen) are not run
     # through the network; their lesion_prob stays 0.
     todo_seg = [int(k) for k in np.flatnonzero(lung.reshape(nz, -1).any(axis=1))]
 
-    def seg(m: Any, idx: list[int]) -> np.ndarray:
-        return segment.segment_batch(m, hu[idx], box, tta=options.tta)
+    def labels_of(probs: np.ndarray, idx: list[int]) -> np.ndarray:
+        labels = labels_from_probs(probs)  # the rule the models were validated with (lesion: GGO + cons >= 0.5)
+        labels[lung[idx] == 0] = 0  # constrained to the lung, as measurements.constrain_to_lung does
+        return labels
+
+    def store_cam(idx: list[int], maps: np.ndarray, outside: np.ndarray) -> None:
+        for j, k in enumerate(idx):
+            cam[k] = _freeze(np.ascontiguousarray(maps[j], dtype=np.float32))
+            cam_outside[k] = float(outside[j])
+
+    def seg(m: Any, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        if not (fused and m.device.type in FUSED_CAM_DEVICES):
+            probs = np.asarray(segment.segment_batch(m, hu[idx], box, tta=options.tta))
+            return probs, labels_of(probs, idx)
+        probs, labels = _segment_and_explain(m, hu[idx], lung[idx], box, options, views, cam_layer,
+                                             labels_of, idx, store_cam, cam_s)
+        return probs, labels
 
     lesion_slices_seen = [0]
 
-    def store_seg(idx: list[int], probs: np.ndarray) -> None:
-        probs = np.asarray(probs)
-        labels = labels_from_probs(probs)  # the rule the models were validated with (lesion: GGO + cons >= 0.5)
-        labels[lung[idx] == 0] = 0  # constrained to the lung, as measurements.constrain_to_lung does
+    def store_seg(idx: list[int], out: tuple[np.ndarray, np.ndarray]) -> None:
+        probs, labels = out
         lesion[idx] = labels
         lesion_prob[idx] = (probs[:, GGO] + probs[:, CONSOLIDATION]).astype(np.float16)
         lesion_slices_seen[0] += int(np.count_nonzero(labels.reshape(len(idx), -1).any(axis=1)))
 
     def seg_eta(done: int, total: int, spent_s: float) -> float:
         per_slice = spent_s / done
+        if fused:  # the rate already holds the Grad-CAM of the slices that need one
+            return per_slice * (total - done) + 0.02 * spent_s
         cam_slices = {"none": 0.0, "all": float(nz), "lesions": lesion_slices_seen[0] * total / done}[options.cam]
         # one Grad-CAM slice costs about 1.6 forward passes; a segmentation slice one per TTA view
         cam_per_slice = per_slice * 1.6 / views
@@ -384,33 +455,24 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
 
     yield tracker.tick("segmentation", 0, len(todo_seg), f"segmentation 0/{len(todo_seg)} slices with lung")
     yield from runner.batched("segmentation", todo_seg, options.batch_size, seg, store_seg, seg_eta)
-    timings["segmentation"] = time.perf_counter() - t
-
-    cam: dict[int, np.ndarray] = {}
-    cam_outside: dict[int, float] = {}
-    cam_layer = ""
-    if options.cam != "none":
-        from ctscreen.inference.gradcam import default_layer, gradcam_batch
-
+    timings["segmentation"] = time.perf_counter() - t - cam_s[0]
+    if fused:
+        timings["gradcam"] = cam_s[0]
+    elif options.cam != "none":
         t = time.perf_counter()
-        cam_layer = options.cam_layer or default_layer(runner.model)
         todo = cam_slice_indices(lesion, options.cam)
 
         def grad(m: Any, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
-            return gradcam_batch(m, hu[idx], box, lung[idx], cam_layer, region=lesion[idx])
-
-        def store_cam(idx: list[int], out: tuple[np.ndarray, np.ndarray]) -> None:
-            maps, outside = out
-            for j, k in enumerate(idx):
-                cam[k] = _freeze(np.ascontiguousarray(maps[j], dtype=np.float32))
-                cam_outside[k] = float(outside[j])
+            return gradcam.gradcam_batch(m, hu[idx], box, lung[idx], cam_layer, region=lesion[idx])
 
         def cam_eta(done: int, total: int, spent_s: float) -> float:
             return spent_s / done * (total - done) + 0.02 * spent_s
 
         yield tracker.tick("gradcam", 0, len(todo), f"Grad-CAM 0/{len(todo)} slices")
-        yield from runner.batched("gradcam", todo, options.batch_size, grad, store_cam, cam_eta)
+        yield from runner.batched("gradcam", todo, options.batch_size, grad,
+                                  lambda idx, out: store_cam(idx, *out), cam_eta)
         timings["gradcam"] = time.perf_counter() - t
+    if options.cam != "none":
         flagged = sorted(k for k, f in cam_outside.items() if f > AnalysisResult.CAM_OUTSIDE_FLAG)
         if flagged:
             shown = ", ".join(str(k + 1) for k in flagged[:10]) + (" ..." if len(flagged) > 10 else "")
