@@ -12,8 +12,8 @@ import torch
 
 from ctscreen import RESEARCH_NOTICE
 from ctscreen.cli import main
-from ctscreen.inference import analyze_cli, segment
-from ctscreen.inference.models import available_models, save_model
+from ctscreen.inference import analyze_cli
+from ctscreen.inference.models import LoadedModel, available_models, save_model
 from ctscreen.inference.nets import UNet
 
 from conftest import EDGE_CASES, P001, synthetic_series
@@ -139,7 +139,7 @@ def test_interrupt_during_analysis_or_export_leaves_nothing(capsys, monkeypatch,
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(segment, "segment_batch", interrupted)
+        m.setattr(LoadedModel, "prepare", interrupted)  # Ctrl-C in the middle of the segmentation
         code, stdout, _ = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model, "--device", "cpu")
     assert code == 130 and stdout == "" and not out.exists()
 
