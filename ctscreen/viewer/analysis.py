@@ -11,6 +11,7 @@ previous result, if any, exactly as it was.
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -157,7 +158,7 @@ class AnalysisController(QObject):
             return False
         request = AnalysisRequest(volume=volume, model=self.model, device=self.device, cam=self.cam)
         generation = self._generation
-        worker = GeneratorWorker(self.runner, request)
+        worker = GeneratorWorker(self.runner, request, background=True)
         worker.yielded.connect(lambda p: generation == self._generation and self.progress.emit(p))
         worker.returned.connect(lambda r: self._on_returned(generation, r))
         worker.errored.connect(lambda e: self._on_errored(generation, e))
@@ -176,7 +177,7 @@ class AnalysisController(QObject):
         """Import the analysis modules in the background (once); ``warmedUp`` when done."""
         if self.warm or self._warm is not None:
             return
-        worker = GeneratorWorker(warm_up)
+        worker = GeneratorWorker(warm_up, background=True)
         # Bound methods, not lambdas: Qt drops them if this controller is gone first.
         worker.returned.connect(self._on_warm)
         worker.errored.connect(self._on_warm_failed)
@@ -186,6 +187,11 @@ class AnalysisController(QObject):
     @Slot(object)
     def _on_warm(self, ok: object) -> None:
         self.warm = bool(ok)
+        if self.warm:
+            # torch adds ~200k long-lived objects; a full collection would then scan them
+            # all (~200 ms on the GUI thread). Move everything alive now out of the
+            # collector's reach (they live as long as the process anyway).
+            gc.freeze()
         self.warmedUp.emit(self.warm)
 
     @Slot(object)
@@ -197,6 +203,7 @@ class AnalysisController(QObject):
             if worker is not None and worker.is_running:
                 worker.cancel()
                 worker.wait(timeout_s)
+                worker.blockSignals(True)  # its queued outcome must not reach a closing window
 
     def _on_returned(self, generation: int, result: Any) -> None:
         if generation != self._generation or getattr(result, "volume", None) is not self._volume:

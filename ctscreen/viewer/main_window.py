@@ -519,6 +519,7 @@ class MainWindow(QMainWindow):
         if self._thumb_worker is not None:
             self._thumb_worker.cancel()
             self._thumb_worker.wait()
+            self._thumb_worker.blockSignals(True)
         super().closeEvent(event)
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt override

@@ -123,6 +123,7 @@ class StudyLoader(QObject):
         if worker is not None:
             worker.cancel()
             worker.wait(timeout_s)
+            worker.blockSignals(True)  # its queued outcome must not reach a closing window
 
     # -- plumbing ---------------------------------------------------------------------
     def _start(self, worker: GeneratorWorker, on_return, on_yield=None) -> None:

@@ -16,6 +16,7 @@ never emitted, and a half-finished result cannot reach the window.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Generator
 from typing import Any
@@ -23,6 +24,21 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from ctscreen.errors import Cancelled
+
+
+def _lower_this_thread_priority(nice: int) -> None:
+    """Give the calling thread (and the threads it starts, e.g. torch's pool) a higher nice value.
+
+    Linux schedules threads individually and ignores ``QThread.setPriority``; a
+    nice worker leaves the GUI thread a core when the machine is busy.
+    """
+    setpriority = getattr(os, "setpriority", None)
+    if setpriority is None:
+        return
+    try:
+        setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError:
+        pass
 
 
 class _Runner(QObject):
@@ -33,13 +49,17 @@ class _Runner(QObject):
     errored = Signal(object)
     done = Signal()
 
-    def __init__(self, make_generator: Callable[[], Generator[Any, None, Any]], cancel: threading.Event) -> None:
+    def __init__(self, make_generator: Callable[[], Generator[Any, None, Any]], cancel: threading.Event,
+                 nice: int = 0) -> None:
         super().__init__()
         self._make_generator = make_generator
         self._cancel = cancel
+        self._nice = nice
 
     @Slot()
     def run(self) -> None:
+        if self._nice:
+            _lower_this_thread_priority(self._nice)
         try:
             gen = self._make_generator()
             while True:
@@ -71,6 +91,9 @@ class GeneratorWorker(QObject):
         Passed to ``func``.
     cancel_kwarg : str or None
         Name of the keyword that receives the cancel event.
+    background : bool
+        Run at a lower scheduling priority (long computations), so the GUI
+        thread stays responsive on a busy machine.
 
     Signals
     -------
@@ -85,13 +108,14 @@ class GeneratorWorker(QObject):
     finished = Signal()
 
     def __init__(self, func: Callable[..., Generator[Any, None, Any]], *args: Any,
-                 cancel_kwarg: str | None = "cancel", **kwargs: Any) -> None:
+                 cancel_kwarg: str | None = "cancel", background: bool = False, **kwargs: Any) -> None:
         super().__init__()
         self.cancel_event = threading.Event()
         if cancel_kwarg:
             kwargs[cancel_kwarg] = self.cancel_event
         self.name = getattr(func, "__name__", "generator")
-        self._runner = _Runner(lambda: func(*args, **kwargs), self.cancel_event)
+        self._background = background
+        self._runner = _Runner(lambda: func(*args, **kwargs), self.cancel_event, nice=10 if background else 0)
         self._thread: QThread | None = None
         self._outcome_sent = False
         self._finished = False
@@ -110,7 +134,7 @@ class GeneratorWorker(QObject):
         self._runner.errored.connect(self._on_errored)
         self._runner.done.connect(self._on_done)
         self._thread = thread
-        thread.start()
+        thread.start(QThread.Priority.LowPriority if self._background else QThread.Priority.InheritPriority)
         return self
 
     def cancel(self) -> None:
