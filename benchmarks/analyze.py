@@ -122,6 +122,11 @@ def bench_device(folder: str, device: str, model: str | None, cam: str, repeat: 
         "projected_150_slices_s": round(best["total_s"] * 150 / n, 1),
         "warnings": list(last.result.warnings),
     }
+    from ctscreen.inference.pipeline import FUSED_CAM_DEVICES
+
+    if device in FUSED_CAM_DEVICES:
+        out["note"] = ("Grad-CAM reuses the segmentation's forward pass here: 'segmentation' holds that pass, "
+                       "'gradcam' only the backward pass and the maps")
     if device == "cpu":
         out["target_150_slices_s"] = TARGET_CPU_150_S
         out["meets_target"] = out["projected_150_slices_s"] <= TARGET_CPU_150_S
