@@ -405,3 +405,24 @@ def test_cancel_loading_keeps_window_usable(window, qtbot):
     assert "cancelled" in window.statusBar().currentMessage().lower()
     with qtbot.waitSignal(window.volumeLoaded, timeout=60000):
         window.open_path(P001)
+
+
+def test_worker_outlives_its_owner(qtbot):
+    """Dropping every reference to a running worker must not destroy its QThread (Qt aborts)."""
+    import gc
+
+    gate = threading.Event()
+
+    def slow(cancel):
+        gate.wait(5)
+        yield 1
+        return 2
+
+    done = []
+    worker = GeneratorWorker(slow)
+    worker.finished.connect(lambda: done.append(True))
+    worker.start()
+    del worker
+    gc.collect()
+    gate.set()
+    qtbot.waitUntil(lambda: bool(done), timeout=5000)

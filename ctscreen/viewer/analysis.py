@@ -55,6 +55,10 @@ def run_request(request: AnalysisRequest, cancel: threading.Event) -> Generator[
     return (yield from analyze(request.volume, options))
 
 
+_WARM_WORKER: GeneratorWorker | None = None
+_WARMED = False
+
+
 def warm_up(cancel: threading.Event) -> Generator[None, None, bool]:
     """Import torch and the analysis modules off the GUI thread, before the first Analyze.
 
@@ -174,20 +178,26 @@ class AnalysisController(QObject):
             self._worker.cancel()
 
     def warm_up(self) -> None:
-        """Import the analysis modules in the background (once); ``warmedUp`` when done."""
+        """Import the analysis modules in the background (once per process); ``warmedUp`` when done."""
+        global _WARM_WORKER
         if self.warm or self._warm is not None:
             return
-        worker = GeneratorWorker(warm_up, background=True)
+        if _WARMED:
+            self._on_warm(True)
+            return
+        if _WARM_WORKER is None or not _WARM_WORKER.is_running:
+            _WARM_WORKER = GeneratorWorker(warm_up, background=True).start()
         # Bound methods, not lambdas: Qt drops them if this controller is gone first.
-        worker.returned.connect(self._on_warm)
-        worker.errored.connect(self._on_warm_failed)
-        worker.finished.connect(worker.deleteLater)
-        self._warm = worker.start()
+        _WARM_WORKER.returned.connect(self._on_warm)
+        _WARM_WORKER.errored.connect(self._on_warm_failed)
+        self._warm = _WARM_WORKER
 
     @Slot(object)
     def _on_warm(self, ok: object) -> None:
+        global _WARMED
         self.warm = bool(ok)
-        if self.warm:
+        if self.warm and not _WARMED:
+            _WARMED = True
             # torch adds ~200k long-lived objects; a full collection would then scan them
             # all (~200 ms on the GUI thread). Move everything alive now out of the
             # collector's reach (they live as long as the process anyway).
@@ -199,7 +209,7 @@ class AnalysisController(QObject):
         self.warmedUp.emit(False)  # the real run will report what is wrong
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
-        for worker in (self._worker, self._warm):
+        for worker in (self._worker,):  # the shared warm-up finishes on its own
             if worker is not None and worker.is_running:
                 worker.cancel()
                 worker.wait(timeout_s)

@@ -131,6 +131,16 @@ def _screenshot(window, args: Namespace) -> int:
     return 0
 
 
+def _join_workers(timeout_s: float = 60.0) -> None:
+    """Stop background work before the interpreter exits (a running QThread must not be destroyed)."""
+    from ctscreen.viewer.worker import running_workers
+
+    for worker in running_workers():
+        worker.cancel()
+    for worker in running_workers():
+        worker.wait(timeout_s)
+
+
 def run_view(args: Namespace) -> int:
     """Open the viewer on ``args.folder`` (optional); with ``--screenshot`` save a PNG and exit.
 
@@ -159,6 +169,7 @@ def run_view(args: Namespace) -> int:
             return _screenshot(window, args)
         finally:
             window.close()
+            _join_workers()
     window.show()
     if args.folder and getattr(args, "analyze", False):
         def analyze_once(_volume) -> None:  # only the study named on the command line
@@ -166,4 +177,6 @@ def run_view(args: Namespace) -> int:
             window.analysis_ui.start()
         window.volumeLoaded.connect(analyze_once)
     print(RESEARCH_NOTICE, file=sys.stderr)
-    return int(app.exec())
+    code = int(app.exec())
+    _join_workers()
+    return code

@@ -79,6 +79,15 @@ class _Runner(QObject):
             self.done.emit()
 
 
+#: Workers whose thread is running. A QThread destroyed while it runs aborts the process,
+#: so a worker stays referenced here until its thread has ended, whoever else drops it.
+_RUNNING: set["GeneratorWorker"] = set()
+
+
+def running_workers() -> list["GeneratorWorker"]:
+    return list(_RUNNING)
+
+
 class GeneratorWorker(QObject):
     """Drive ``func(*args, cancel=event, **kwargs)`` in its own ``QThread``.
 
@@ -134,6 +143,7 @@ class GeneratorWorker(QObject):
         self._runner.errored.connect(self._on_errored)
         self._runner.done.connect(self._on_done)
         self._thread = thread
+        _RUNNING.add(self)
         thread.start(QThread.Priority.LowPriority if self._background else QThread.Priority.InheritPriority)
         return self
 
@@ -183,4 +193,7 @@ class GeneratorWorker(QObject):
             self._thread.quit()
             self._thread.wait(5000)
         self._finished = True
-        self.finished.emit()
+        try:
+            self.finished.emit()
+        finally:
+            _RUNNING.discard(self)
