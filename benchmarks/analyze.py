@@ -17,17 +17,20 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the command sets it (ctscreen.inference.analyze_cli)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -156,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "cam": a.cam,
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
         "reference": {"what": "plain load_series of the same folder, best of 2", "seconds": round(ref_s, 3)},
