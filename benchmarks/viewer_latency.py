@@ -31,6 +31,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -65,6 +66,20 @@ def _pump_until(app: QApplication, condition, timeout_s: float) -> bool:
             return True
         time.sleep(0.0005)
     return False
+
+
+def _other_thread_tops(depth: int = 3) -> list[str]:
+    me = threading.get_ident()
+    tops = []
+    for tid, frame in sys._current_frames().items():
+        if tid == me:
+            continue
+        names = []
+        while frame is not None and len(names) < depth:
+            names.append(f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno} {frame.f_code.co_name}")
+            frame = frame.f_back
+        tops.append(" < ".join(names))
+    return tops
 
 
 def _gaps_until(signal, timeout_s: float) -> list[float]:
@@ -228,11 +243,19 @@ def _measure_analysis(app: QApplication, window, args) -> dict[str, object]:
     clock = QElapsedTimer()
     gaps: list[float] = []
     last = [0.0]
+    stage = [""]
+    analysis.progress.connect(lambda p: stage.__setitem__(0, str(getattr(p, "message", ""))))
+    stalls: list[dict[str, object]] = []
 
     def tick() -> None:
         now = clock.nsecsElapsed() / 1e6
-        gaps.append(now - last[0])
+        gap = now - last[0]
+        gaps.append(gap)
         last[0] = now
+        if gap > 50 and len(stalls) < 20:
+            # What the other threads were doing when the GUI thread got to run again.
+            stalls.append({"at_s": round(now / 1000, 2), "gap_ms": round(gap, 1), "stage": stage[0],
+                           "threads": _other_thread_tops()})
 
     timer = QTimer()
     timer.setInterval(5)
@@ -271,6 +294,7 @@ def _measure_analysis(app: QApplication, window, args) -> dict[str, object]:
                        "n": int(gap.size)},
         "slice_change_during_analysis_ms": _stats_ms(scrolls) if scrolls else None,
         "error": window.last_error if outcome and outcome[0] != "done" else "",
+        "stalls_over_50ms": stalls,
     }
     if outcome and outcome[0] == "done":
         # Slice changes with the lesion overlay on, as a reader pages through the result.
