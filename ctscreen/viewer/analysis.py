@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtCore import QObject, Qt, Signal, Slot
 
 from ctscreen.errors import Cancelled, CtscreenError, NotAnalysable
 from ctscreen.imaging.volume import Volume
@@ -33,6 +33,14 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 def shipped_models() -> list[str]:
     """Names of the model files shipped in ``resources/models`` (without importing torch)."""
     return sorted(p.stem for p in MODELS_DIR.glob("*.pt"))
+
+
+def shipped_default() -> str:
+    """The name in ``resources/models/default.txt`` ("" when absent)."""
+    try:
+        return (MODELS_DIR / "default.txt").read_text().strip()
+    except OSError:
+        return ""
 
 
 @dataclass(frozen=True)
@@ -55,28 +63,56 @@ def run_request(request: AnalysisRequest, cancel: threading.Event) -> Generator[
     return (yield from analyze(request.volume, options))
 
 
-_WARM_WORKER: GeneratorWorker | None = None
-_WARMED = False
+ANALYSIS_MODULES = ("torch", "ctscreen.inference.pipeline", "ctscreen.inference.models",
+                    "ctscreen.inference.segment", "ctscreen.inference.gradcam", "ctscreen.imaging.lungmask",
+                    "ctscreen.imaging.measurements")
 
 
-def warm_up(cancel: threading.Event) -> Generator[None, None, bool]:
-    """Import torch and the analysis modules off the GUI thread, before the first Analyze.
+class _Warmer(QObject):
+    """Imports torch and the analysis modules once per process, off the GUI thread.
 
     Loading torch's libraries holds the GIL for a few hundred milliseconds at a
-    time; done at the first Analyze it would freeze scrolling right when the
-    user starts an analysis.
+    time; done at the first Analyze it would freeze scrolling just as the user
+    starts an analysis. A daemon thread (not a QThread) does it, so quitting
+    while it runs neither waits for it nor destroys a running QThread.
     """
-    yield None
-    import importlib
 
-    for name in ("torch", "ctscreen.inference.pipeline", "ctscreen.inference.models",
-                 "ctscreen.inference.segment", "ctscreen.inference.gradcam", "ctscreen.imaging.lungmask",
-                 "ctscreen.imaging.measurements"):
-        if cancel.is_set():
-            return False
-        importlib.import_module(name)
-        yield None
-    return True
+    done = Signal(bool)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = "cold"  # cold -> warming -> warm | failed
+
+    def start(self) -> None:
+        if self.state != "cold":
+            return
+        self.state = "warming"
+        threading.Thread(target=self._run, name="ctscreen-warm-up", daemon=True).start()
+
+    def _run(self) -> None:
+        from ctscreen.viewer.worker import _lower_this_thread_priority
+
+        _lower_this_thread_priority(10)
+        import importlib
+
+        try:
+            for name in ANALYSIS_MODULES:
+                importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the real run reports what is wrong
+            self.state = "failed"
+        else:
+            self.state = "warm"
+        self.done.emit(self.state == "warm")  # queued to the GUI thread's receivers
+
+
+_WARMER: _Warmer | None = None
+
+
+def _warmer() -> _Warmer:
+    global _WARMER
+    if _WARMER is None:
+        _WARMER = _Warmer()  # created on the GUI thread, lives as long as the process
+    return _WARMER
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -119,7 +155,6 @@ class AnalysisController(QObject):
         self.device = "auto"
         self.cam = "lesions"
         self.result: Any = None
-        self._warm: GeneratorWorker | None = None
         self.warm = False
 
     # -- configuration ----------------------------------------------------------------------
@@ -179,41 +214,31 @@ class AnalysisController(QObject):
 
     def warm_up(self) -> None:
         """Import the analysis modules in the background (once per process); ``warmedUp`` when done."""
-        global _WARM_WORKER
-        if self.warm or self._warm is not None:
+        warmer = _warmer()
+        if warmer.state in ("warm", "failed"):
+            self._on_warm(warmer.state == "warm")
             return
-        if _WARMED:
-            self._on_warm(True)
-            return
-        if _WARM_WORKER is None or not _WARM_WORKER.is_running:
-            _WARM_WORKER = GeneratorWorker(warm_up, background=True).start()
-        # Bound methods, not lambdas: Qt drops them if this controller is gone first.
-        _WARM_WORKER.returned.connect(self._on_warm)
-        _WARM_WORKER.errored.connect(self._on_warm_failed)
-        self._warm = _WARM_WORKER
+        # A bound method, not a lambda: Qt drops it if this controller is gone first.
+        warmer.done.connect(self._on_warm, Qt.ConnectionType.UniqueConnection)
+        warmer.start()
 
-    @Slot(object)
-    def _on_warm(self, ok: object) -> None:
-        global _WARMED
+    @Slot(bool)
+    def _on_warm(self, ok: bool) -> None:
         self.warm = bool(ok)
-        if self.warm and not _WARMED:
-            _WARMED = True
-            # torch adds ~200k long-lived objects; a full collection would then scan them
-            # all (~200 ms on the GUI thread). Move everything alive now out of the
-            # collector's reach (they live as long as the process anyway).
+        if self.warm and not getattr(gc, "_ctscreen_frozen", False):
+            # torch adds ~200k long-lived objects that a full collection would then scan
+            # (~200 ms on the GUI thread). Move everything alive now out of the collector's
+            # reach: they live as long as the process anyway.
             gc.freeze()
+            gc._ctscreen_frozen = True  # type: ignore[attr-defined]
         self.warmedUp.emit(self.warm)
 
-    @Slot(object)
-    def _on_warm_failed(self, _exc: object) -> None:
-        self.warmedUp.emit(False)  # the real run will report what is wrong
-
     def shutdown(self, timeout_s: float = 10.0) -> None:
-        for worker in (self._worker,):  # the shared warm-up finishes on its own
-            if worker is not None and worker.is_running:
-                worker.cancel()
-                worker.wait(timeout_s)
-                worker.blockSignals(True)  # its queued outcome must not reach a closing window
+        worker = self._worker
+        if worker is not None and worker.is_running:
+            worker.cancel()
+            worker.wait(timeout_s)
+            worker.blockSignals(True)  # its queued outcome must not reach a closing window
 
     def _on_returned(self, generation: int, result: Any) -> None:
         if generation != self._generation or getattr(result, "volume", None) is not self._volume:

@@ -12,7 +12,8 @@ from PySide6.QtCore import QObject, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QComboBox, QDockWidget, QSlider
 
-from ctscreen.viewer.analysis import DEVICE_CHOICES, MODEL_LABELS, AnalysisController, shipped_models
+from ctscreen.viewer.analysis import (DEVICE_CHOICES, MODEL_LABELS, AnalysisController, shipped_default,
+                                       shipped_models)
 from ctscreen.viewer.exports import EXPORT_KINDS, Exporter
 from ctscreen.viewer.overlays import OverlayLayers
 from ctscreen.viewer.results_panel import ResultsPanel
@@ -84,7 +85,8 @@ class AnalysisUi(QObject):
         self.model_combo.setToolTip("Segmentation model")
         self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.model_combo.setMaximumWidth(220)
-        self.model_combo.addItem("Default model", "")
+        default = shipped_default()
+        self.model_combo.addItem(f"Default ({MODEL_LABELS.get(default, default)})" if default else "Default model", "")
         for name in shipped_models():
             self.model_combo.addItem(MODEL_LABELS.get(name, name), name)
         for name, label in MODEL_LABELS.items():  # offered even before weights are installed

@@ -133,7 +133,7 @@ class MainWindow(QMainWindow):
         self.analysis = self.analysis_ui.controller
 
         self.resize(1360, 860)
-        self.resizeDocks([self.tags_dock], [430], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.tags_dock], [450], Qt.Orientation.Horizontal)
         geometry, state = self.settings.geometry(), self.settings.state()
         if geometry is not None:
             self.restoreGeometry(geometry)

@@ -19,7 +19,10 @@ from PySide6.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QSplitter
 from ctscreen import RESEARCH_NOTICE
 from ctscreen.viewer.overlays import CONSOLIDATION_RGB, GGO_RGB
 
-COLUMNS = ("Slice", "z (mm)", "GGO (mm²)", "Cons. (mm²)", "Lung", "Zone", "% of slice lung")
+COLUMNS = ("Slice", "z mm", "GGO mm²", "Cons. mm²", "Lung", "Zone", "% lung")
+_COLUMN_TIPS = ("Slice number (1 = first); ⚠ = Grad-CAM mostly outside the lung", "Slice position along z",
+                "Ground-glass opacity area", "Consolidation area", "Which lung holds the lesion pixels",
+                "Zone(s) of the lesion pixels", "Lesion share of this slice's lung area")
 _ZONE_KEYS = (("RU", "right_upper"), ("RM", "right_middle"), ("RL", "right_lower"),
               ("LU", "left_upper"), ("LM", "left_middle"), ("LL", "left_lower"))
 
@@ -105,6 +108,8 @@ class ResultsPanel(QWidget):
 
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        for c, tip in enumerate(_COLUMN_TIPS):
+            self.table.horizontalHeaderItem(c).setToolTip(tip)
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)

@@ -16,6 +16,7 @@ never emitted, and a half-finished result cannot reach the window.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from collections.abc import Callable, Generator
@@ -86,6 +87,17 @@ _RUNNING: set["GeneratorWorker"] = set()
 
 def running_workers() -> list["GeneratorWorker"]:
     return list(_RUNNING)
+
+
+@atexit.register
+def _join_running_workers(timeout_s: float = 60.0) -> None:
+    """At interpreter exit, let running generators stop before their QThreads are destroyed."""
+    for worker in list(_RUNNING):
+        worker.cancel_event.set()
+    for worker in list(_RUNNING):
+        if worker._thread is not None:
+            worker._thread.quit()
+            worker._thread.wait(int(timeout_s * 1000))
 
 
 class GeneratorWorker(QObject):
