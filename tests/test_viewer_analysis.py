@@ -290,3 +290,25 @@ def test_real_analysis_on_cpu(window, qtbot):
     ui.results.sliceRequested.emit(k)
     QApplication.processEvents()
     assert ui.overlays.lesion_item.isVisible() and (ui.overlays.lesion_item.image[..., 3] > 0).any()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shipped_models() or not P001.is_dir(), reason="needs shipped weights and P001")
+def test_screenshot_cli_with_analysis(tmp_path):
+    import subprocess
+    import sys
+
+    from PySide6.QtGui import QImage
+
+    out = tmp_path / "analysed.png"
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", CTSCREEN_SETTINGS_DIR=str(tmp_path / "settings"))
+    code = "import sys; from ctscreen.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "view", str(P001), "--analyze", "--device", "cpu",
+                           "--screenshot", str(out)], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    image = QImage(str(out))
+    assert (image.width(), image.height()) == (1360, 860)
+    # The view jumped to the slice with the most lesion and draws it: some pixels are the GGO yellow.
+    yellow = sum(1 for y in range(60, 830, 3) for x in range(0, 880, 3)
+                 if (c := image.pixelColor(x, y)).red() > 180 and c.green() > 150 and c.blue() < 90)
+    assert yellow > 50
