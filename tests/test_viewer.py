@@ -426,3 +426,28 @@ def test_worker_outlives_its_owner(qtbot):
     gc.collect()
     gate.set()
     qtbot.waitUntil(lambda: bool(done), timeout=5000)
+
+
+@pytest.mark.parametrize("orientation", [(1, 0, 0, 0, 1, 0), (-1, 0, 0, 0, -1, 0), (0, 1, 0, 1, 0, 0)])
+def test_readout_matches_stored_pixel_geometry(window, qtbot, tmp_path, orientation):
+    """Whatever order the files store an axial slice in, the screen shows R on the left and A at the
+    top, and the readout of a screen pixel names the LPS position and HU of the stored pixel drawn there."""
+    from conftest import synthetic_series
+
+    series = synthetic_series(tmp_path, n=4, rows=6, cols=8, orientation=orientation)
+    with qtbot.waitSignal(window.volumeLoaded, timeout=30000) as loaded:
+        window.open_path(series.folder)
+    vol = loaded.args[0]
+    view = window.slice_view
+    assert (view.orient_left.textItem.toPlainText(), view.orient_right.textItem.toPlainText()) == ("R", "L")
+    assert (view.orient_top.textItem.toPlainText(), view.orient_bottom.textItem.toPlainText()) == ("A", "P")
+    view.set_slice(2)
+    sy, sx = vol.spacing_mm[1], vol.spacing_mm[2]
+    for row, col in [(0, 0), (1, 5), (vol.shape[1] - 1, vol.shape[2] - 1)]:
+        info = view.info_at((col + 0.5) * sx, (row + 0.5) * sy)
+        matches = [(k, i, j) for k in range(4) for i in range(series.stored[k].shape[0])
+                   for j in range(series.stored[k].shape[1])
+                   if np.allclose(series.stored_pixel_lps(k, i, j), info.patient_xyz_mm, atol=1e-3)]
+        assert len(matches) == 1
+        k, i, j = matches[0]
+        assert info.hu == float(series.stored[k][i, j]) - 1024  # slope 1, intercept -1024
