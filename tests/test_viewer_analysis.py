@@ -202,6 +202,22 @@ def test_new_volume_drops_result(window, qtbot):
     assert not ui.export_menu.isEnabled()
 
 
+def test_switching_study_mid_analysis_drops_it(window, qtbot):
+    gate = threading.Event()
+    window.analysis.runner = fake_runner(steps=6, gate=gate)
+    returned = []
+    window.analysis.finished_ok.connect(returned.append)
+    assert window.analysis_ui.start()
+    qtbot.waitUntil(lambda: window.progress.isVisible(), timeout=5000)
+    vol = window.slice_view.volume
+    other = Volume(hu=np.asarray(vol.hu[:4]).copy(), spacing_mm=vol.spacing_mm, z_mm=vol.z_mm[:4])
+    window.show_volume(other)  # e.g. the user opened another study
+    gate.set()
+    qtbot.waitUntil(lambda: not window.analysis.busy and not window.progress.isVisible(), timeout=10000)
+    assert returned == [] and window.analysis.result is None
+    assert window.analysis_ui.overlays.result is None and window.analysis_ui.results.table.rowCount() == 0
+
+
 def test_exports_ask_before_overwriting(window, qtbot, tmp_path):
     run_fake(window, qtbot)
     ui = window.analysis_ui
