@@ -119,6 +119,13 @@ class AnalysisUi(QObject):
         self.results.sliceRequested.connect(window.slice_view.set_slice)
         window.slice_view.sliceChanged.connect(self.results.set_current_slice)
         window.volumeLoaded.connect(self._on_volume)
+        self._warm_timer = QTimer(self)
+        self._warm_timer.setSingleShot(True)
+        self._warm_timer.setInterval(1500)
+        self._warm_timer.timeout.connect(self.controller.warm_up)
+        for signal in (window.slice_view.sliceChanged, window.slice_view.windowChanged,
+                       window.slice_view.cursorMoved):
+            signal.connect(self._postpone_warm_up)
         self.exporter.finished.connect(lambda msg: window.statusBar().showMessage(msg, 10000))
         self.exporter.failed.connect(lambda msg: window.show_error("Export failed", msg))
         self._update_enabled()
@@ -225,14 +232,18 @@ class AnalysisUi(QObject):
         return self.exporter.export(kind, self.controller.result, path)
 
     def _on_volume(self, volume: Any) -> None:
-        if not self.controller.warm:
-            # First study on screen: load torch now, a second after the study appeared,
-            # rather than during the first analysis (see analysis.warm_up).
-            QTimer.singleShot(1000, self.controller.warm_up)
+        if not self.controller.warm and not self._warm_timer.isActive():
+            # First study on screen: load torch once the reader pauses, rather than during
+            # the first analysis (loading it holds the GIL ~0.2 s; see analysis._Warmer).
+            self._warm_timer.start()
         self.controller.set_volume(volume)
         self.overlays.set_result(None)
         self.results.set_result(None)
         self._update_enabled()
+
+    def _postpone_warm_up(self, *_: Any) -> None:
+        if self._warm_timer.isActive():
+            self._warm_timer.start()  # restart: wait for 1.5 s without scrolling or windowing
 
     def _on_started(self) -> None:
         self._t0 = time.perf_counter()
