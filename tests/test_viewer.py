@@ -90,12 +90,15 @@ def test_many_qt_calls_do_not_exhaust_none_true_false(qtbot):
 
     label = QLabel()
     worker = GeneratorWorker(_counting, 1)
+    none_before, true_before = sys.getrefcount(None), sys.getrefcount(True)
     for i in range(20000):
         label.setText("x")  # returns None
         worker.finished.emit()  # returns True
-    assert sys.getrefcount(None) > 10_000 and sys.getrefcount(True) > 10_000
-    if pyside_leaks_singletons():
-        assert sys.getrefcount(None) > 1 << 30
+    if pyside_leaks_singletons():  # the work-around's reserve is in place
+        assert sys.getrefcount(None) > 1 << 30 and sys.getrefcount(True) > 1 << 30
+    else:  # a PySide6 without the bug (the pinned < 6.12) loses nothing
+        assert sys.getrefcount(None) >= none_before - 100
+        assert sys.getrefcount(True) >= true_before - 100
 
 
 # -- worker ------------------------------------------------------------------------------------------
