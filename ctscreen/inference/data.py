@@ -117,6 +117,11 @@ class SliceSet:
     def __len__(self) -> int:
         return len(self.names)
 
+    @classmethod
+    def empty(cls, size: int = MODEL_SIZE) -> "SliceSet":
+        return cls(np.zeros((0, size, size), np.float32), np.zeros((0, size, size), np.uint8),
+                   np.zeros((0, size, size), np.uint8), np.zeros(0, bool), [], [])
+
 
 def _resize_label(m: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
@@ -155,8 +160,7 @@ def load_pseudo(root: Path, size: int = MODEL_SIZE, limit: int | None = None) ->
     root = Path(root)
     d = root / "pseudo"
     if not d.exists():
-        return SliceSet(np.zeros((0, size, size), np.float32), np.zeros((0, size, size), np.uint8),
-                        np.zeros((0, size, size), np.uint8), np.zeros(0, bool), [], [])
+        return SliceSet.empty(size)
     pairs, _, _ = paired_files(d / "Imgs", d / "GT")
     if limit:
         pairs = pairs[:limit]

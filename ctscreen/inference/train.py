@@ -198,7 +198,7 @@ def train(data: Path, arch: str, out: Path, minutes: float | None = None, epochs
     n_val = int(round(len(labelled) * val_fraction))
     val = labelled.subset(sorted(order[:n_val]))
     tr = labelled.subset(sorted(order[n_val:]))
-    pseudo = load_pseudo(data) if use_pseudo else load_pseudo(Path("/nonexistent"))
+    pseudo = load_pseudo(data) if use_pseudo else SliceSet.empty()
     bs = batch_size or (32 if dev.type == "cuda" else 8)
 
     def to_t(s: SliceSet):
@@ -218,7 +218,7 @@ def train(data: Path, arch: str, out: Path, minutes: float | None = None, epochs
     budget_s = minutes * 60 if minutes else None
     bar = _Bar(f"train {arch}", progress)
     step, t0, interrupted = 0, time.time(), False
-    losses: list[float] = []
+    last_loss: float | None = None
 
     def frac_done() -> float:
         if budget_s:
@@ -252,10 +252,10 @@ def train(data: Path, arch: str, out: Path, minutes: float | None = None, epochs
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss.detach()) if step % 10 == 0 else losses[-1] if losses else 0.0)
             step += 1
-            if step % 10 == 0:
-                bar.update(frac_done(), f"step {step} {'pre' if pretrain else 'fine'} loss {losses[-1]:.3f}")
+            if step % 10 == 0:  # reading the loss synchronises the GPU: only now and then
+                last_loss = float(loss.detach())
+                bar.update(frac_done(), f"step {step} {'pre' if pretrain else 'fine'} loss {last_loss:.3f}")
     except KeyboardInterrupt:
         interrupted = True
     bar.close()
@@ -292,7 +292,7 @@ def train(data: Path, arch: str, out: Path, minutes: float | None = None, epochs
         "validation": {"protocol": "threshold 0.5 at mask resolution, mean over images, flip TTA",
                        **val_scores},
         "validation_without_tta": val_scores_no_tta,
-        "final_loss": losses[-1] if losses else None,
+        "final_loss": last_loss,
     }
     save_model(net, arch, out, card)
     out.with_suffix(".json").write_text(json.dumps(card, indent=2))
