@@ -287,7 +287,7 @@ def _segment_and_explain(model: Any, hu_slices: np.ndarray, lung_slices: np.ndar
     from ctscreen.inference import segment
     from ctscreen.inference.gradcam import recorded_forward
 
-    flips = segment._FLIPS[views]  # the segment module's TTA views; the first is the plain slice
+    flips = segment.TTA_FLIPS[views]  # the segment module's TTA views; the first is the plain slice
     assert flips[0] == (), "the first TTA view must be the unflipped slice"
     x = model.prepare(hu_slices, box)
     rec = recorded_forward(model, x, cam_layer)

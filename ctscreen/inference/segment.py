@@ -19,9 +19,10 @@ import torch
 from ctscreen.inference.models import LoadedModel
 from ctscreen.inference.preprocess import thorax_box
 
-__all__ = ["thorax_box", "segment_batch", "predict_tensor", "labels_from_probs", "tta_views"]
+__all__ = ["thorax_box", "segment_batch", "predict_tensor", "labels_from_probs", "tta_views", "TTA_FLIPS"]
 
-_FLIPS = {1: [()], 2: [(), (2,)], 4: [(), (2,), (3,), (2, 3)]}
+#: Flipped views per TTA level (tensor dims flipped, on (n, 1, S, S)); the first is the plain slice.
+TTA_FLIPS = {1: [()], 2: [(), (2,)], 4: [(), (2,), (3,), (2, 3)]}
 
 
 def tta_views(tta: bool | int, device: torch.device) -> int:
@@ -31,7 +32,7 @@ def tta_views(tta: bool | int, device: torch.device) -> int:
     if tta is False or tta is None:
         return 1
     n = int(tta)
-    if n not in _FLIPS:
+    if n not in TTA_FLIPS:
         raise ValueError(f"tta must be 1, 2 or 4 views, not {tta!r}")
     return n
 
@@ -40,7 +41,7 @@ def predict_tensor(model: LoadedModel, x: torch.Tensor, tta: bool | int = True) 
     """Softmax probabilities ``(n, 3, S, S)`` for a prepared input batch."""
     net = model.net
     use_bf16 = model.device.type == "cuda"
-    views = _FLIPS[tta_views(tta, model.device)]
+    views = TTA_FLIPS[tta_views(tta, model.device)]
     with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=use_bf16):
         p = None
         for dims in views:
