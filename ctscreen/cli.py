@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--no-seg", action="store_true", help="do not write the DICOM Segmentation object")
     a.add_argument("--cam", choices=("none", "lesions", "all"), default="lesions",
                    help="slices to compute Grad-CAM for")
+    a.add_argument("--cam-layer", metavar="NAME", default=None,
+                   help="network layer for Grad-CAM (unet: decoder4 (default), decoder3, decoder2, decoder1, "
+                        "bottleneck; deeplab: aspp (default), decoder, layer3, layer2)")
     a.add_argument("--force", action="store_true", help="overwrite existing output files")
 
     e = sub.add_parser("evaluate", help="score a model on image/mask pairs")

@@ -132,6 +132,43 @@ def test_bad_inputs_exit_2_with_one_line(capsys, case, chest_folder, tiny_model,
     assert stdout == "" and not out.exists()
 
 
+@pytest.mark.parametrize("model,layer,valid", [
+    (None, "decoder9", "decoder4, decoder3, decoder2, decoder1, bottleneck"),
+    ("deeplab", "decoder4", "aspp, decoder, layer3, layer2"),
+])
+def test_unknown_cam_layer_exits_2_before_any_work(capsys, monkeypatch, chest_folder, tmp_path, model, layer, valid):
+    def no_work(*a, **k):
+        raise AssertionError("the model was loaded for a layer that could be refused before")
+
+    monkeypatch.setattr("ctscreen.inference.models.load_model", no_work)
+    out = tmp_path / "out"
+    argv = [str(chest_folder), "--out", str(out), "--cam-layer", layer] + (["--model", model] if model else [])
+    code, stdout, stderr = _run(capsys, *argv)
+    assert code == 2
+    line = _error_line(stderr)
+    assert f"'{layer}'" in line and line.endswith(f"choose one of: {valid}")
+    assert stdout == "" and not out.exists()
+
+
+def test_cam_layer_of_a_weights_file_is_checked_against_its_layers(capsys, chest_folder, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model,
+                                "--device", "cpu", "--cam-layer", "decoder4")  # the tiny UNet has 3 levels
+    assert code == 2
+    assert _error_line(stderr).endswith("choose one of: decoder2, decoder1, bottleneck")
+    assert stdout == "" and not out.exists()
+
+
+def test_cam_layer_is_used(capsys, chest_folder, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model,
+                                "--device", "cpu", "--png", "none", "--no-seg", "--cam-layer", "decoder1")
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["gradcam"]["layer"] == "decoder1" and report["gradcam"]["computed_slices"]
+    assert "at layer decoder1" in stdout
+
+
 def test_interrupt_during_analysis_or_export_leaves_nothing(capsys, monkeypatch, chest_folder, tiny_model, tmp_path):
     out = tmp_path / "out"
 

@@ -37,6 +37,7 @@ from ctscreen.errors import CtscreenError, ExportError, NotADicomSeries, NotAnal
 from ctscreen.imaging import export  # noqa: E402
 from ctscreen.imaging.result import CONSOLIDATION, GGO, AnalysisResult  # noqa: E402
 from ctscreen.progress import ProgressBar  # noqa: E402
+from ctscreen.inference.camlayers import CAM_LAYERS, arch_of_model, check_layer, unknown_layer_message  # noqa: E402
 from ctscreen.inference.pipeline import STAGE_LABELS, AnalyzeOptions, Progress, analyze  # noqa: E402
 
 STAGING_PREFIX = ".ctscreen-partial-"
@@ -69,6 +70,35 @@ def check_output(out: Path, png: str, seg: bool, force: bool) -> None:
     parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
     if not os.access(parent, os.W_OK):
         raise ExportError(f"cannot write to {parent} \u2014 check the permissions or choose another --out")
+
+
+def check_cam_layer(model: str | None, layer: str | None) -> bool:
+    """Refuse an unknown ``--cam-layer`` of a shipped model before any work (torch is not loaded yet).
+
+    Returns True when checked; a weights file's layers depend on its configuration,
+    so its layer is checked against the loaded model instead (:func:`check_loaded_cam_layer`).
+    """
+    spec = str(model or "")
+    if not layer or (spec and spec not in CAM_LAYERS):
+        return False
+    arch = arch_of_model(spec or None)
+    if arch is None:
+        return False
+    try:
+        check_layer(arch, layer)
+    except ValueError as exc:
+        raise CtscreenError(str(exc)) from None
+    return True
+
+
+def check_loaded_cam_layer(model: Any, layer: str | None) -> None:
+    """Refuse a ``--cam-layer`` the loaded model does not list (one line naming the valid ones)."""
+    if not layer:
+        return
+    valid = list(model.cam_layers()) if hasattr(model, "cam_layers") else []
+    if layer not in valid:
+        what = f"model {Path(model.path).name if getattr(model, 'path', '') else getattr(model, 'name', '?')}"
+        raise CtscreenError(unknown_layer_message(layer, valid, what))
 
 
 def pick_series(folder: Path, uid: str | None) -> Any:
@@ -229,6 +259,8 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
     force = bool(getattr(args, "force", False))
     cam = getattr(args, "cam", "lesions") or "lesions"
 
+    cam_layer = getattr(args, "cam_layer", None) or None
+    check_cam_layer(getattr(args, "model", None), cam_layer)
     check_output(out, png, seg, force)
     from ctscreen.inference.models import load_model
 
@@ -238,9 +270,11 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
     t = time.perf_counter()
     model = load_model(getattr(args, "model", None), device=getattr(args, "device", "auto") or "auto")
     model_s = time.perf_counter() - t
+    check_loaded_cam_layer(model, cam_layer)
     info = pick_series(Path(args.folder).expanduser(), getattr(args, "series", None))
 
-    options = AnalyzeOptions(model=model, cam=cam, batch_size=int(getattr(args, "batch_size", 0) or 8))
+    options = AnalyzeOptions(model=model, cam=cam, cam_layer=cam_layer,
+                             batch_size=int(getattr(args, "batch_size", 0) or 8))
     bar = ProgressBar(stream=progress_stream, enabled=show_progress)
     gen = analyze(info, options)
     try:
