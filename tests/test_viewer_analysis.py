@@ -328,3 +328,73 @@ def test_screenshot_cli_with_analysis(tmp_path):
     yellow = sum(1 for y in range(60, 830, 3) for x in range(0, 880, 3)
                  if (c := image.pixelColor(x, y)).red() > 180 and c.green() > 150 and c.blue() < 90)
     assert yellow > 50
+
+
+@pytest.mark.slow
+def test_cam_layer_box_computes_the_picked_layer_on_demand(window, qtbot, random_weights):
+    """After an analysis, another CAM layer's map is computed off the GUI thread for the slice on screen."""
+    from ctscreen.inference.camlayers import CAM_LAYERS
+    from ctscreen.inference.gradcam import gradcam_for_result
+    from ctscreen.inference.models import load_model
+    from ctscreen.viewer.cam_on_demand import compute_cam
+
+    ui = window.analysis_ui
+    combo = ui.cam_layer_combo
+    assert combo.parent() is not None and ui.toolbar.widgetForAction(ui.cam_action) is not None
+    window.configure_analysis(model=str(random_weights), device="cpu")  # a UNet file: the UNet layers
+    assert [combo.itemData(i) for i in range(combo.count())] == list(CAM_LAYERS["unet"])
+    assert combo.currentData() == "decoder4" and "(default)" in combo.itemData(0, Qt.ItemDataRole.ToolTipRole)
+    result = run_fake(window, qtbot)  # maps at decoder4 on the lesion slices
+    view = window.slice_view
+    k = LESION_SLICES[4]
+    view.set_slice(k)
+    ui.cam_action.setChecked(True)
+    cam_item = ui.overlays.cam_item
+    analysis_map = np.array(cam_item.image)
+    assert "Grad-CAM at decoder4" in ui.results.totals.text()
+
+    threads, messages = [], []
+    main_thread = threading.current_thread()
+
+    def recording_compute(job, cancel):
+        threads.append(threading.current_thread())
+        return (yield from compute_cam(job, cancel))
+
+    ui.cam.compute = recording_compute
+    window.statusBar().messageChanged.connect(messages.append)
+    with qtbot.waitSignal(ui.cam.displayChanged, timeout=120000, check_params_cb=lambda r: k in r.cam):
+        combo.setCurrentIndex(combo.findData("decoder2"))
+        assert any(m.startswith("Grad-CAM (decoder2)") for m in messages)  # said while it runs
+    assert threads and main_thread not in threads
+    assert ui.controller.cam_layer == "decoder2"  # ...and the next Analyze uses it
+    expected, share = gradcam_for_result(load_model(str(random_weights), device="cpu"), result, k, "decoder2")
+    shown = np.asarray(cam_item.image)
+    assert cam_item.isVisible() and not np.allclose(shown, analysis_map)
+    np.testing.assert_allclose(shown, expected, atol=1e-5)
+    totals = ui.results.totals.text()
+    assert "Grad-CAM at decoder2" in totals and "Grad-CAM at decoder4" not in totals
+    assert ui.overlays.result.cam_outside_fraction[k] == pytest.approx(share)
+    flag = ui.overlays.cam_flag.textItem.toPlainText() if ui.overlays.cam_flag.isVisible() else ""
+    assert ("outside the lung" in flag) == (share > AnalysisResult.CAM_OUTSIDE_FLAG)
+    assert window.analysis.result is result and result.cam_layer == "decoder4"  # the analysis is unchanged
+
+    # Scrolling: the next slice's map comes after a pause; back on k the cached map shows at once.
+    view.set_slice(k + 1)
+    qtbot.waitUntil(lambda: ui.cam.has_map("decoder2", k + 1) and not ui.cam.busy, timeout=120000)
+    view.set_slice(k)
+    np.testing.assert_allclose(np.asarray(cam_item.image), expected, atol=1e-5)
+    view.set_slice(10)  # no lesion: no map at any layer, nothing computed
+    assert not ui.cam.needs(10) and not cam_item.isVisible()
+
+    # Back to the analysis' layer: its own maps.
+    view.set_slice(k)
+    combo.setCurrentIndex(0)
+    np.testing.assert_array_equal(np.asarray(cam_item.image), analysis_map)
+    assert ui.overlays.result is result and "Grad-CAM at decoder4" in ui.results.totals.text()
+
+    # A DeepLab model lists its own layers; they set the next Analyze, not this UNet result's maps.
+    ui.model_combo.setCurrentIndex(ui.model_combo.findData("deeplab"))
+    assert [combo.itemText(i) for i in range(combo.count())] == ["aspp", "decoder", "layer3", "layer2"]
+    assert combo.currentData() == "aspp"
+    combo.setCurrentIndex(combo.findData("decoder"))
+    assert ui.controller.cam_layer == "decoder" and ui.cam.layer == "decoder4"

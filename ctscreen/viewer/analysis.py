@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,8 @@ class AnalysisRequest:
     device: str = "auto"
     cam: str = "lesions"
     batch_size: int = 4
+    #: Grad-CAM layer (a name of ``inference.camlayers.CAM_LAYERS``); None = the model's default.
+    cam_layer: str | None = None
 
 
 def run_request(request: AnalysisRequest, cancel: threading.Event) -> Generator[Any, None, Any]:
@@ -59,7 +61,7 @@ def run_request(request: AnalysisRequest, cancel: threading.Event) -> Generator[
     from ctscreen.inference.pipeline import AnalyzeOptions, analyze
 
     options = AnalyzeOptions(model=request.model or None, device=request.device, cam=request.cam,
-                             batch_size=request.batch_size, cancel=cancel)
+                             cam_layer=request.cam_layer or None, batch_size=request.batch_size, cancel=cancel)
     return (yield from analyze(request.volume, options))
 
 
@@ -154,11 +156,19 @@ class AnalysisController(QObject):
         self.model: str | None = None
         self.device = "auto"
         self.cam = "lesions"
+        self.cam_layer: str | None = None
         self.result: Any = None
+        #: The request that produced ``result`` (which model on which device, for more Grad-CAM maps).
+        self.result_request: AnalysisRequest | None = None
         self.warm = False
+        #: Called with the timeout by :meth:`shutdown` (other background work of the window's analysis part).
+        self.shutdown_hooks: list[Callable[[float], None]] = []
 
     # -- configuration ----------------------------------------------------------------------
-    def configure(self, model: str | None = None, device: str | None = None) -> None:
+    def configure(self, model: str | None = None, device: str | None = None, cam_layer: str | None = None) -> None:
+        """Options of the next run; None keeps one, ``""`` resets the model / Grad-CAM layer to the default."""
+        if cam_layer is not None:
+            self.cam_layer = cam_layer or None
         if model is not None:
             self.model = model or None
         if device is not None:
@@ -172,6 +182,7 @@ class AnalysisController(QObject):
         self._generation += 1
         self._volume = volume
         self.result = None
+        self.result_request = None
 
     @property
     def busy(self) -> bool:
@@ -195,11 +206,12 @@ class AnalysisController(QObject):
                 f"{volume.series_description or 'this series'} cannot be analysed: "
                 f"{volume.not_analysable_reason}")))
             return False
-        request = AnalysisRequest(volume=volume, model=self.model, device=self.device, cam=self.cam)
+        request = AnalysisRequest(volume=volume, model=self.model, device=self.device, cam=self.cam,
+                                  cam_layer=self.cam_layer)
         generation = self._generation
         worker = GeneratorWorker(self.runner, request, background=True)
         worker.yielded.connect(lambda p: generation == self._generation and self.progress.emit(p))
-        worker.returned.connect(lambda r: self._on_returned(generation, r))
+        worker.returned.connect(lambda r: self._on_returned(generation, r, request))
         worker.errored.connect(lambda e: self._on_errored(generation, e))
         worker.finished.connect(lambda: self._on_finished(worker))
         self._worker = worker
@@ -234,16 +246,19 @@ class AnalysisController(QObject):
         self.warmedUp.emit(self.warm)
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
+        for hook in self.shutdown_hooks:
+            hook(timeout_s)
         worker = self._worker
         if worker is not None and worker.is_running:
             worker.cancel()
             worker.wait(timeout_s)
             worker.blockSignals(True)  # its queued outcome must not reach a closing window
 
-    def _on_returned(self, generation: int, result: Any) -> None:
+    def _on_returned(self, generation: int, result: Any, request: AnalysisRequest | None = None) -> None:
         if generation != self._generation or getattr(result, "volume", None) is not self._volume:
             return  # a result for a volume no longer on screen
         self.result = result
+        self.result_request = request
         self.finished_ok.emit(result)
 
     def _on_errored(self, generation: int, exc: BaseException) -> None:

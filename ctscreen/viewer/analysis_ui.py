@@ -4,6 +4,7 @@ results dock and export menu, wired to :class:`AnalysisController`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,11 +13,13 @@ from PySide6.QtCore import QObject, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QComboBox, QDockWidget, QSlider
 
+from ctscreen.inference.camlayers import arch_of_model, describe, layers_for
 from ctscreen.viewer.analysis import (DEVICE_CHOICES, MODEL_LABELS, AnalysisController, shipped_default,
                                        shipped_models)
+from ctscreen.viewer.cam_on_demand import CamOnDemand
 from ctscreen.viewer.exports import EXPORT_KINDS, Exporter
 from ctscreen.viewer.overlays import OverlayLayers
-from ctscreen.viewer.results_panel import ResultsPanel
+from ctscreen.viewer.results_panel import ResultsPanel, totals_html
 
 if TYPE_CHECKING:
     from ctscreen.viewer.main_window import MainWindow
@@ -48,7 +51,11 @@ class AnalysisUi(QObject):
         self.overlays = OverlayLayers(window.slice_view)
         self.results = ResultsPanel()
         self.exporter = Exporter(window, self._view_state)
+        self.cam = CamOnDemand(lambda: window.slice_view.slice_index, self)
+        self.controller.shutdown_hooks.append(self.cam.shutdown)
         self._t0 = 0.0
+        self._combo_arch: str | None = None   # architecture of the model chosen in the model box
+        self._result_arch: str | None = None  # architecture of the model that made the result
         settings = window.settings
 
         self.dock = QDockWidget("Results", window)
@@ -76,6 +83,7 @@ class AnalysisUi(QObject):
         self.lesions_action.toggled.connect(self.overlays.set_lesions_visible)
         self.lung_action.toggled.connect(self.overlays.set_lung_visible)
         self.cam_action.toggled.connect(self.overlays.set_cam_visible)
+        self.cam_action.toggled.connect(lambda on: self.cam.set_active(on))
         self.contour_action.toggled.connect(self._set_contours)
         self.overlays.set_fill(not self.contour_action.isChecked())
         self.overlay_actions = (self.lesions_action, self.lung_action, self.cam_action, self.contour_action)
@@ -96,7 +104,12 @@ class AnalysisUi(QObject):
         self.device_combo.setToolTip("Where the network runs: auto picks a GPU when there is one")
         for device in DEVICE_CHOICES:
             self.device_combo.addItem({"auto": "Auto", "cpu": "CPU", "cuda": "CUDA GPU"}[device], device)
-        self.model_combo.currentIndexChanged.connect(self._sync_controller)
+        self.cam_layer_combo = QComboBox()
+        self.cam_layer_combo.setObjectName("camLayerCombo")
+        self.cam_layer_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self._fill_cam_layers()
+        self.model_combo.currentIndexChanged.connect(self._model_changed)
+        self.cam_layer_combo.currentIndexChanged.connect(self._cam_layer_changed)
         self.device_combo.currentIndexChanged.connect(self._sync_controller)
         self.lesion_opacity = _slider(settings.overlay_value("lesion_opacity", 0.5), "Lesion overlay opacity")
         self.cam_opacity = _slider(settings.overlay_value("cam_opacity", 0.45), "Grad-CAM opacity")
@@ -118,6 +131,10 @@ class AnalysisUi(QObject):
         c.busyChanged.connect(self._on_busy)
         self.results.sliceRequested.connect(window.slice_view.set_slice)
         window.slice_view.sliceChanged.connect(self.results.set_current_slice)
+        window.slice_view.sliceChanged.connect(self.cam.slice_changed)
+        self.cam.displayChanged.connect(self._show_display_result)
+        self.cam.busyChanged.connect(self._on_cam_busy)
+        self.cam.failed.connect(lambda msg: window.statusBar().showMessage(msg, 10000))
         window.volumeLoaded.connect(self._on_volume)
         self._warm_timer = QTimer(self)
         self._warm_timer.setSingleShot(True)
@@ -145,6 +162,7 @@ class AnalysisUi(QObject):
         bar.addWidget(self.lesion_opacity)
         bar.addAction(self.lung_action)
         bar.addAction(self.cam_action)
+        bar.addWidget(self.cam_layer_combo)
         bar.addWidget(self.cam_opacity)
         self.toolbar = bar
 
@@ -191,7 +209,71 @@ class AnalysisUi(QObject):
 
     def _sync_controller(self, *_: Any) -> None:
         self.controller.configure(model=self.model_combo.currentData() or "",
-                                  device=self.device_combo.currentData() or "auto")
+                                  device=self.device_combo.currentData() or "auto",
+                                  cam_layer=self.cam_layer_combo.currentData() or "")
+
+    # -- Grad-CAM layer ------------------------------------------------------------------------------------
+    def _fill_cam_layers(self) -> None:
+        """List the layers of the chosen model's architecture, default first; keep the choice where it exists."""
+        combo = self.cam_layer_combo
+        arch = arch_of_model(self.model_combo.currentData() or None)
+        self._combo_arch = arch
+        keep = combo.currentData()
+        combo.blockSignals(True)
+        combo.clear()
+        for name in layers_for(arch):
+            combo.addItem(name, name)
+            combo.setItemData(combo.count() - 1, describe(arch, name), Qt.ItemDataRole.ToolTipRole)
+        if combo.count() == 0:  # a model whose architecture cannot be told: its own default layer
+            combo.addItem("default", "")
+        i = combo.findData(keep) if keep else -1
+        combo.setCurrentIndex(max(i, 0))
+        combo.blockSignals(False)
+        self._update_cam_layer_tooltip()
+
+    def _update_cam_layer_tooltip(self) -> None:
+        layer = self.cam_layer_combo.currentData() or ""
+        text = describe(self._combo_arch, layer) if layer else "the model's default layer"
+        self.cam_layer_combo.setToolTip(f"Grad-CAM layer: {text}. Used by the next Analyze; with a result on "
+                                        "screen, the map of each slice is computed at this layer as you view it.")
+
+    def _model_changed(self, *_: Any) -> None:
+        self._fill_cam_layers()
+        self._sync_controller()
+        self._follow_cam_layer()
+
+    def _cam_layer_changed(self, *_: Any) -> None:
+        self._update_cam_layer_tooltip()
+        self._sync_controller()
+        if self._follow_cam_layer() and not self.cam_action.isChecked():
+            self.cam_action.setChecked(True)  # picking a layer for a result means: show me its map
+
+    def _follow_cam_layer(self) -> bool:
+        """Show the chosen layer's maps when the result came from a model of the chosen architecture."""
+        layer = self.cam_layer_combo.currentData() or ""
+        if self.controller.result is None or not layer or self._combo_arch != self._result_arch:
+            return False
+        self.cam.set_layer(layer)
+        return True
+
+    def _show_display_result(self, shown: Any) -> None:
+        """Draw ``shown`` (the result with the displayed layer's maps) and name that layer in the totals."""
+        result = self.controller.result
+        if result is None or shown is None or shown.volume is not result.volume:
+            return
+        self.overlays.set_result(shown)
+        if shown is result:
+            self.results.totals.setText(totals_html(result))
+        else:
+            label = f"{shown.cam_layer} (computed per slice as you view it; the analysis used {result.cam_layer})"
+            self.results.totals.setText(totals_html(dataclasses.replace(shown, cam_layer=label)))
+
+    def _on_cam_busy(self, layer: str, index: int) -> None:
+        bar = self.window.statusBar()
+        if layer:
+            bar.showMessage(f"Grad-CAM ({layer}) of slice {index + 1} …")
+        elif bar.currentMessage().startswith("Grad-CAM ("):
+            bar.clearMessage()
 
     def _update_enabled(self) -> None:
         busy = self.controller.busy
@@ -237,6 +319,7 @@ class AnalysisUi(QObject):
             # the first analysis (loading it holds the GIL ~0.2 s; see analysis._Warmer).
             self._warm_timer.start()
         self.controller.set_volume(volume)
+        self.cam.set_result(None)
         self.overlays.set_result(None)
         self.results.set_result(None)
         self._update_enabled()
@@ -258,6 +341,11 @@ class AnalysisUi(QObject):
         self.window.task_progress(int(round(fraction * 1000)), 1000, f"Analysis %p% · {eta}", f"{message} — {eta}")
 
     def _on_finished(self, result: Any) -> None:
+        request = self.controller.result_request
+        model = request.model if request is not None else self.controller.model
+        self.cam.set_result(result, model, request.device if request is not None else self.controller.device)
+        self.cam.set_active(self.cam_action.isChecked())
+        self._result_arch = arch_of_model(model)
         self.overlays.set_result(result)
         self.results.set_result(result)
         self.results.set_current_slice(self.window.slice_view.slice_index)
@@ -269,6 +357,7 @@ class AnalysisUi(QObject):
             f"Analysis done in {elapsed:.0f} s: lesions {m.lesion_volume_ml:.1f} mL "
             f"({m.percent_involved:.1f} % of the lungs), severity {m.severity_total}/30", 15000)
         self._update_enabled()
+        self._follow_cam_layer()  # the layer may have been changed while the analysis ran
 
     def _on_failed(self, message: str) -> None:
         self.window.show_error("Analysis failed", message)
