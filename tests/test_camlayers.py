@@ -37,6 +37,10 @@ def test_arch_of_model_files(tmp_path):
     path = models.save_model(nets.build("deeplab", {"widths": [8, 8, 8, 8], "aspp_channels": 8}), "deeplab",
                              tmp_path / "mine.pt", {"version": "t"})
     assert camlayers.arch_of_model(str(path)) == "deeplab"
+    net = nets.build("unet", {"channels": [4, 8, 16]})  # a plain torch.save with an OrderedDict state_dict
+    torch.save({"format": models.FORMAT, "arch": "unet", "config": net.config, "state_dict": net.state_dict()},
+               tmp_path / "plain.pt")
+    assert camlayers.arch_of_model(str(tmp_path / "plain.pt")) == "unet"
     assert camlayers.arch_of_model("deeplab") == "deeplab"
     assert camlayers.arch_of_model(str(tmp_path / "missing.pt")) is None
     (tmp_path / "junk.pt").write_bytes(b"not a zip")

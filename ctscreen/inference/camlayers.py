@@ -91,9 +91,11 @@ class _NoCode(pickle.Unpickler):
         return None
 
 
-class _Stub:
+class _Stub(dict):
+    """Stands in for any class or function; a dict, so an ``OrderedDict`` state_dict still loads."""
+
     def __init__(self, *args, **kwargs) -> None:
-        pass
+        super().__init__()
 
     def __call__(self, *args, **kwargs) -> "_Stub":
         return self
