@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="network layer for Grad-CAM (unet: decoder4 (default), decoder3, decoder2, decoder1, "
                         "bottleneck; deeplab: aspp (default), decoder, layer3, layer2)")
     a.add_argument("--force", action="store_true", help="overwrite existing output files")
+    a.add_argument("--include-patient", action="store_true",
+                   help="burn patient name and ID into the PNGs and write them into report.json (left out by default)")
 
     e = sub.add_parser("evaluate", help="score a model on image/mask pairs")
     e.add_argument("--images", required=True, help="folder of .jpg/.png slices")

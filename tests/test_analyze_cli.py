@@ -256,3 +256,15 @@ def test_progress_bar_on_a_terminal_and_in_a_log():
     bar.close()
     lines = log.text.splitlines()
     assert len(lines) == 11 and "\r" not in log.text  # one line per 10 %, no carriage returns
+
+
+def test_patient_identity_only_with_include_patient(capsys, chest_folder, tiny_model, tmp_path):
+    reports = {}
+    for flag in ((), ("--include-patient",)):
+        out = tmp_path / ("with" if flag else "without")
+        code, _, stderr = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model,
+                               "--device", "cpu", "--png", "none", "--no-seg", *flag)
+        assert code == 0, stderr
+        reports[bool(flag)] = json.loads((out / "report.json").read_text())["series"]
+    assert "patient_name" not in reports[False] and "patient_id" not in reports[False]
+    assert "patient_name" in reports[True] and "patient_id" in reports[True]

@@ -7,6 +7,8 @@ quick and exact; two run the real pipeline on the CPU.
 
 from __future__ import annotations
 
+import json
+
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -251,6 +253,21 @@ def test_exports_ask_before_overwriting(window, qtbot, tmp_path):
         assert ui.export("lesion_pngs", str(folder))
     assert len(list(folder.glob("slice_*.png"))) == len(LESION_SLICES)
     assert f"Wrote {len(LESION_SLICES)}" in msg.args[0]
+
+
+def test_patient_identity_in_exports_only_when_asked(window, qtbot, tmp_path):
+    run_fake(window, qtbot)
+    ui = window.analysis_ui
+    assert not ui.include_patient_action.isChecked() and ui.exporter.include_patient is False
+    plain, named = tmp_path / "plain.json", tmp_path / "named.json"
+    with qtbot.waitSignal(ui.exporter.finished, timeout=20000):
+        assert ui.export("report_json", str(plain))
+    ui.include_patient_action.setChecked(True)
+    qtbot.waitUntil(lambda: not ui.exporter.busy, timeout=5000)
+    with qtbot.waitSignal(ui.exporter.finished, timeout=20000):
+        assert ui.export("report_json", str(named))
+    assert "patient_name" not in json.loads(plain.read_text())["series"]
+    assert "patient_name" in json.loads(named.read_text())["series"]
 
 
 def test_analysis_of_unanalysable_volume_says_why(qtbot, tmp_path):

@@ -130,11 +130,12 @@ def pick_series(folder: Path, uid: str | None) -> Any:
     return max(ok, key=lambda s: s.slice_count)
 
 
-def _write_exports(result: AnalysisResult, folder: Path, png: str, seg: bool) -> list[Path]:
+def _write_exports(result: AnalysisResult, folder: Path, png: str, seg: bool,
+                   include_patient: bool = False) -> list[Path]:
     # A DICOM SEG needs at least one segment: with no lesion there is nothing to store.
     seg = seg and bool(np.any(result.lesion))
     written = export.export_all(result, folder, png="lesions" if png == "all" else png, report=True,
-                                seg=seg, force=True)
+                                seg=seg, force=True, include_patient=include_patient)
     if png == "all":
         from ctscreen.imaging.export_png import write_slice_png
 
@@ -142,11 +143,13 @@ def _write_exports(result: AnalysisResult, folder: Path, png: str, seg: bool) ->
         for k in range(result.lesion.shape[0]):
             name = export.slice_png_name(k)
             if name not in have:
-                written.append(write_slice_png(result, k, folder / name, force=True))
+                written.append(write_slice_png(result, k, folder / name, force=True,
+                                               include_patient=include_patient))
     return written
 
 
-def export_staged(result: AnalysisResult, out: Path, png: str, seg: bool, force: bool) -> list[Path]:
+def export_staged(result: AnalysisResult, out: Path, png: str, seg: bool, force: bool,
+                  include_patient: bool = False) -> list[Path]:
     """Write every export into a staging folder in ``out``, then move them into place.
 
     An interruption before the move leaves ``out`` as it was (the staging folder
@@ -162,7 +165,7 @@ def export_staged(result: AnalysisResult, out: Path, png: str, seg: bool, force:
     ok = False
     try:
         try:
-            written = _write_exports(result, staging, png, seg)
+            written = _write_exports(result, staging, png, seg, include_patient)
         except OSError as exc:
             raise ExportError(f"cannot write the results into {out}: {exc.strerror or exc}") from exc
         if not force:  # something appeared in out while we were analysing
@@ -290,7 +293,8 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
         result = dataclasses.replace(result, timings_s={**result.timings_s,
                                                          "model": result.timings_s.get("model", 0.0) + model_s})
         t = time.perf_counter()
-        written = export_staged(result, out, png, seg, force)
+        written = export_staged(result, out, png, seg, force,
+                                include_patient=bool(getattr(args, "include_patient", False)))
         export_s = time.perf_counter() - t
     finally:
         gen.close()

@@ -188,6 +188,12 @@ class AnalysisUi(QObject):
             action = self.export_menu.addAction(text)
             action.triggered.connect(lambda _=False, k=kind: self.export(k))
             self.export_actions[kind] = action
+        self.export_menu.addSeparator()
+        self.include_patient_action = self.export_menu.addAction("Include patient name and ID")
+        self.include_patient_action.setCheckable(True)
+        self.include_patient_action.setToolTip("Burn patient name and ID into exported PNGs and write them into "
+                                               "report.json (left out unless checked)")
+        self.include_patient_action.toggled.connect(lambda on: setattr(self.exporter, "include_patient", bool(on)))
 
     # -- state ---------------------------------------------------------------------------------------------
     def configure(self, model: str | None = None, device: str | None = None) -> None:

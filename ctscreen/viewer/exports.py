@@ -49,6 +49,8 @@ class Exporter(QObject):
         self._view_state = view_state
         self._worker: GeneratorWorker | None = None
         self.last_folder = ""
+        #: Burn patient name and ID into PNGs and write them into report.json (off unless the user asks).
+        self.include_patient = False
         #: Replaced in tests; returns True to overwrite.
         self.ask_overwrite: Callable[[list[Path]], bool] = self._ask_overwrite
         #: Replaced in tests; returns the chosen path or "" (cancelled).
@@ -91,7 +93,8 @@ class Exporter(QObject):
         if not target:
             return False
         target_path = Path(target)
-        png_kw = {"window": state["window"], "fill": state["fill"], "opacity": state["opacity"]}
+        png_kw = {"window": state["window"], "fill": state["fill"], "opacity": state["opacity"],
+                  "include_patient": self.include_patient}
         if folder:
             targets = [target_path / export.slice_png_name(i) for i in export.lesion_slice_indices(result)]
         else:
@@ -109,8 +112,10 @@ class Exporter(QObject):
                                                         **png_kw),
             "lesion_pngs": lambda: (target_path.mkdir(parents=True, exist_ok=True),
                                     export.write_lesion_pngs(result, target_path, force=force, **png_kw))[1],
-            "montage": lambda: export.write_montage_png(result, target_path, force=force),
-            "report_json": lambda: export.write_report_json(result, target_path, force=force),
+            "montage": lambda: export.write_montage_png(result, target_path, force=force,
+                                                        include_patient=self.include_patient),
+            "report_json": lambda: export.write_report_json(result, target_path, force=force,
+                                                            include_patient=self.include_patient),
             "report_csv": lambda: export.write_report_csv(result, target_path, force=force),
             "seg": lambda: export.write_seg(result, target_path, force=force),
         }
