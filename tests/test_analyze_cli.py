@@ -182,7 +182,7 @@ def test_interrupt_during_analysis_or_export_leaves_nothing(capsys, monkeypatch,
 
     real = analyze_cli._write_exports
 
-    def write_some_then_interrupt(result, folder, png, seg):
+    def write_some_then_interrupt(result, folder, png, seg, include_patient=False):
         real(result, folder, "none", False)  # report.json/csv written to staging ...
         raise KeyboardInterrupt  # ... then Ctrl-C before the rest
 
