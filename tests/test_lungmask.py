@@ -260,3 +260,74 @@ def test_empty_and_airless_volumes():
     assert not lung_mask_from_hu(hu, (2.0, 1.0, 1.0)).any()
     with pytest.raises(ValueError):
         lung_mask_from_hu(hu[0], (1.0, 1.0))
+
+
+# ----------------------------------------------------------------------------- stomach under the left dome
+
+
+def test_a0002_left_lung_does_not_bulge_into_the_stomach():
+    """A0002 slice index 22 (8 mm slices): mottled stomach content under the left dome stays out.
+
+    A gas bubble of the stomach touches the lung only through the slice above;
+    the per-slice closing used to bridge to it and pull a wedge of stomach
+    content into the left lung. This slice holds no dense lesion on the left, so
+    every left-lung pixel lies close to the slice's own aerated left lung.
+    """
+    vol = _CACHE.get("A0002", (None,))[0] or _load(SERIES["A0002"])
+    mask = _CACHE["A0002"][1] if "A0002" in _CACHE else lung_mask(vol)
+    k = 22
+    _, dy, dx = vol.spacing_mm
+    air = vol.hu[k] < -500
+    lab, _ = ndi.label(air)
+    border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    sizes = np.bincount(lab.ravel())
+    sizes[border] = 0
+    sizes[0] = 0
+    left = mask[k] == LEFT
+    ids = np.unique(lab[left & air])
+    ids = ids[sizes[ids] > 0]
+    main = ids[np.argmax(sizes[ids])]  # the aerated left lung of this slice
+    dist_mm = ndi.distance_transform_edt(lab != main, sampling=(dy, dx))
+    far = left & (dist_mm > 8.0)
+    assert far.sum() == 0, f"{far.sum()} left-lung pixels > 8 mm from the aerated left lung (median {np.median(vol.hu[k][far]):.0f} HU)"
+
+
+def _chest_with_stomach_bubble(rng_seed: int = 0):
+    """Thick (8 mm) slices; under the left lung's dome a stomach with a gas bubble.
+
+    In slices 8-9 the stomach (soft tissue) indents the left lung's base from the
+    medial side; a 3 mm gas bubble in it, 12 mm from the lung in-plane, lies right
+    under the full lung of slice 7, so it touches the lung in 3-D.
+    """
+    dz, dy, dx = 8.0, 1.5, 1.5
+    nz, ny, nx = 12, 200, 240
+    y = ((np.arange(ny) - ny / 2) * dy)[None, :, None]
+    x = ((np.arange(nx) - nx / 2) * dx)[None, None, :]
+    k = np.arange(nz)[:, None, None]
+    hu = np.full((nz, ny, nx), -1000.0, dtype=np.float32)
+    body = np.broadcast_to((y / 130.0) ** 2 + (x / 160.0) ** 2 <= 1.0, hu.shape)
+    hu[body] = 40.0
+    in_lungs = k <= 9
+    right = in_lungs & ((y / 80.0) ** 2 + ((x + 70.0) / 45.0) ** 2 <= 1.0)
+    left = in_lungs & ((y / 80.0) ** 2 + ((x - 70.0) / 45.0) ** 2 <= 1.0)
+    stomach_r = np.where(k == 8, 30.0, np.where(k >= 9, 38.0, 0.0))
+    stomach = (y ** 2 + (x - 50.0) ** 2 <= stomach_r ** 2) & body
+    left &= ~stomach
+    hu[right | left] = -850.0
+    bubble = (k == 8) & (y ** 2 + (x - 65.0) ** 2 <= 3.0 ** 2)
+    hu[bubble] = -1000.0
+    hu += np.random.default_rng(rng_seed).normal(0.0, 15.0, hu.shape).astype(np.float32)
+    return hu.astype(np.int16), (dz, dy, dx), left, stomach
+
+
+def test_gas_bubble_under_the_dome_does_not_pull_the_stomach_into_the_lung():
+    hu, spacing, left, stomach = _chest_with_stomach_bubble()
+    direction = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+    mask = lung_mask_from_hu(hu, spacing, direction)
+    # Beyond the one-pixel rim that every lung boundary may be off by.
+    inner = stomach & (ndi.distance_transform_edt(~left, sampling=spacing) > 3.0)
+    assert inner[8].sum() > 1000
+    assert not mask[inner].any(), f"{int((mask[inner] > 0).sum())} stomach voxels in the lung mask"
+    got = mask == LEFT
+    dice = 2 * (got & left).sum() / (got.sum() + left.sum())
+    assert dice > 0.95, dice

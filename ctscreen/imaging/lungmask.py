@@ -16,8 +16,13 @@ volumetric X-ray CT images", IEEE TMI 20(6):490-498, 2001:
 6. split right from left: two large 3-D components, else erode until two
    appear and grow them back inside the mask (a geodesic, watershed-like
    assignment);
-7. per lung and per slice: morphological closing with a ~10 mm disk, then
-   the dents of the slice's convex hull that open onto the chest wall (their
+7. per lung and per slice: small air islands (up to ``MAX_ISLAND_MM2``) that
+   lie inside the lung's outline but that the rest of the lung, closed, does
+   not reach are dropped first: with thick slices a gas bubble of the stomach
+   right under the diaphragm touches the lung through the slice above, and the
+   closing would bridge to it and pull stomach content into the lung; then a
+   morphological closing with a ~10 mm disk, then the dents of the slice's
+   convex hull that open onto the chest wall (their
    mouth runs along the ribs, they are at most 30 mm deep) are added, so a
    consolidation against the pleura is lung, while the heart, hilum and the
    liver or spleen dome stay out; holes are filled (small ones per slice,
@@ -77,6 +82,11 @@ LUMEN_FOLLOW_MM = 20.0
 
 #: Holes of one slice up to this area (mm^2) are lung (vessels, nodules); bigger ones only when closed in 3-D.
 MAX_SLICE_HOLE_MM2 = 500.0
+
+#: A lung's 2-D piece in one slice up to this area (mm^2) is an island. An island inside the slice's lung
+#: outline that the closing, pockets and holes of the rest of the lung leave out is dropped before the
+#: closing (gas under the diaphragm that touches the lung only through the slice above, e.g. in the stomach).
+MAX_ISLAND_MM2 = 30.0
 
 _ProgressFn = Callable[[float], None]
 
@@ -462,25 +472,105 @@ def _close_and_fill(labels: np.ndarray, spacing, body: np.ndarray) -> np.ndarray
     out = np.zeros_like(labels)
     pad = r_px + 1
     skin_dist: dict[int, np.ndarray] = {}
+    max_island_px = MAX_ISLAND_MM2 / (float(spacing[1]) * float(spacing[2]))
+    dropped = np.zeros(labels.shape, dtype=bool)
     for side in (RIGHT, LEFT):
         m = labels == side
         zs = np.nonzero(m.any(axis=(1, 2)))[0]
         closed = np.zeros_like(m)
         for k in zs:
-            sl = np.pad(m[k].astype(np.uint8), pad)
-            c = cv2.morphologyEx(sl, cv2.MORPH_CLOSE, kernel)[pad:-pad, pad:-pad]
             if k not in skin_dist:
                 skin_dist[k] = cv2.distanceTransform(body[k].astype(np.uint8), cv2.DIST_L2, 5) * px_mm
             blocked = (labels[k] > 0) & (labels[k] != side)
-            closed[k] = _add_pleural_pockets(c, skin_dist[k], blocked, px_mm)
+            mk = m[k]
+            core, islands = _split_islands(mk, max_island_px)
+            # Judge the islands against the lung without them, so that a stray one
+            # cannot pull the tissue around it into the closing. Closing and pockets
+            # stay inside the hull, so islands not stray beside the bare rest are not
+            # stray beside the closed rest either: close only when there are candidates.
+            stray = _stray_islands(islands, core) if islands.any() else islands
+            if stray.any():
+                rest = _close_with_pockets(core, kernel, pad, skin_dist[k], blocked, px_mm)
+                stray = _stray_islands(stray, rest)
+                if stray.any():
+                    dropped[k] |= stray
+                    mk = mk & ~stray
+            closed[k] = _close_with_pockets(mk, kernel, pad, skin_dist[k], blocked, px_mm)
         if not closed.any():
             continue
         box = _padded_box(closed, 1)
         closed[box] = _fill_holes(closed[box], spacing)
         out[closed & (out == 0)] = side
-    # Where the closings overlap, the original label wins.
-    orig = labels > 0
+    # Where the closings overlap, the original label wins (stray islands are not restored).
+    orig = (labels > 0) & ~dropped
     out[orig] = labels[orig]
+    return out
+
+
+def _close_with_pockets(
+    m: np.ndarray, kernel: np.ndarray, pad: int, skin_mm: np.ndarray, blocked: np.ndarray, px_mm: float
+) -> np.ndarray:
+    """Closing of one lung slice, plus its pleural pockets."""
+    sl = np.pad(m.astype(np.uint8), pad)
+    c = cv2.morphologyEx(sl, cv2.MORPH_CLOSE, kernel)[pad:-pad, pad:-pad]
+    return _add_pleural_pockets(c, skin_mm, blocked, px_mm)
+
+
+def _split_islands(m: np.ndarray, max_island_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """One lung slice: its pieces larger than ``max_island_px`` (core) and the smaller ones (islands).
+
+    When the slice has no large piece (the tip of a lung), all of it is core.
+    """
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
+    islands = np.zeros_like(m)
+    if n <= 2:
+        return m, islands
+    small = np.zeros(n, dtype=bool)
+    small[1:] = stats[1:, cv2.CC_STAT_AREA] <= max_island_px
+    if small[1:].all() or not small.any():
+        return m, islands
+    islands = small[lab]
+    return m & ~islands, islands
+
+
+def _stray_islands(islands: np.ndarray, lung: np.ndarray) -> np.ndarray:
+    """Islands inside the convex outline of a closed lung slice that it does not reach.
+
+    ``lung`` is the slice's lung without its islands, closed and with its
+    pleural pockets. An island inside its outline that it neither covers nor
+    surrounds is cut off in-plane by tissue that is no pleural pocket and no
+    hole of the lung: the mediastinum, or the abdomen under the dome of the
+    diaphragm, where with thick slices a gas bubble of the stomach or colon
+    touches the lung only through the slice above. Islands outside the outline
+    (the costophrenic recesses, the anterior tip along the sternum) stay.
+    """
+    out = np.zeros_like(islands)
+    if not lung.any() or not islands.any():
+        return out
+    lung_u8 = lung.astype(np.uint8)
+    x0, y0, w, h = cv2.boundingRect(cv2.findNonZero(lung_u8))
+    crop = (slice(y0, y0 + h), slice(x0, x0 + w))
+    isl = islands[crop]  # islands outside the lung's bounding box are outside its hull
+    n, lab = cv2.connectedComponents(isl.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return out
+    hull = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(cv2.findNonZero(lung_u8[crop])), 1)
+    # Covered or surrounded (in a hole of any size: a nodule or consolidation with air in it).
+    flood = np.pad(lung_u8[crop], 1)
+    cv2.floodFill(flood, None, (0, 0), 2)
+    covered = flood[1:-1, 1:-1] != 2
+    keep = np.zeros(n, dtype=bool)
+    keep[0] = True
+    keep[np.unique(lab[covered & isl])] = True
+    keep[np.unique(lab[isl & (hull == 0)])] = True
+    out[crop] = ~keep[lab]
+    # Islands partly outside the box are outside the hull.
+    outside_box = islands.copy()
+    outside_box[crop] = False
+    if outside_box.any():
+        n_all, lab_all = cv2.connectedComponents(islands.astype(np.uint8), connectivity=8)
+        out &= ~np.isin(lab_all, np.unique(lab_all[outside_box]))
     return out
 
 
