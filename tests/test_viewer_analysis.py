@@ -415,3 +415,14 @@ def test_cam_layer_box_computes_the_picked_layer_on_demand(window, qtbot, random
     assert combo.currentData() == "aspp"
     combo.setCurrentIndex(combo.findData("decoder"))
     assert ui.controller.cam_layer == "decoder" and ui.cam.layer == "decoder4"
+
+
+def test_analyze_tooltip_names_why_a_series_cannot_be_analysed(qtbot, tmp_path):
+    win = MainWindow(settings=ViewerSettings(tmp_path / "s"), interactive=False)
+    qtbot.addWidget(win)
+    vol = Volume(hu=np.zeros((2, 32, 32), np.int16), spacing_mm=(10.0, 1.0, 1.0),
+                 not_analysable_reason="too few slices for a 3-D analysis")
+    win.show_volume(vol)
+    assert "too few slices" in win.analysis_ui.analyze_action.toolTip()
+    win.show_volume(Volume(hu=np.zeros((8, 32, 32), np.int16), spacing_mm=(2.0, 1.0, 1.0)))
+    assert "F5" in win.analysis_ui.analyze_action.toolTip()

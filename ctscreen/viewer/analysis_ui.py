@@ -286,6 +286,11 @@ class AnalysisUi(QObject):
         has_volume = self.window.slice_view.volume is not None
         has_result = self.controller.result is not None
         self.analyze_action.setEnabled(has_volume and not busy)
+        volume = self.window.slice_view.volume
+        reason = getattr(volume, "not_analysable_reason", None) if volume is not None else None
+        self.analyze_action.setToolTip(
+            f"This series cannot be analysed: {reason}" if reason
+            else "Segment GGO and consolidation in this series (F5)")
         self.cancel_action.setEnabled(busy)
         self.model_combo.setEnabled(not busy)
         self.device_combo.setEnabled(not busy)
