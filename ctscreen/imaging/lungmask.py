@@ -193,7 +193,9 @@ def iter_lung_mask_from_hu(
 
     # 7. closing, pleural dents and hole filling per lung; keep airways out.
     labels = _close_and_fill(labels, spacing, body)
-    labels[ndi.binary_dilation(airway, structure=_disk_struct_2d(1))] = 0
+    cross = _disk_struct_2d(1)[0].astype(np.uint8)
+    for k in np.nonzero(airway.any(axis=(1, 2)))[0]:
+        labels[k][cv2.dilate(airway[k].view(np.uint8), cross).astype(bool)] = 0
     yield 0.95
 
     # 8. back to the full grid.
@@ -214,6 +216,17 @@ def _block_mean(hu: np.ndarray, fy: int, fx: int) -> np.ndarray:
     a = hu
     if py or px:
         a = np.pad(a, ((0, 0), (0, py), (0, px)), constant_values=-1000)
+    if np.issubdtype(a.dtype, np.integer) and a.dtype.itemsize <= 2 and fy * fx * 65536 < 2**24:
+        # Integer sums are exact in any order (and in float32 below 2**24): rows, then columns, same numbers.
+        rows = a[:, 0::fy].astype(np.int32)
+        for oy in range(1, fy):
+            rows += a[:, oy::fy]
+        cols = rows[:, :, 0::fx].copy()
+        for ox in range(1, fx):
+            cols += rows[:, :, ox::fx]
+        acc = cols.astype(np.float32)
+        acc /= fy * fx
+        return acc
     acc = np.zeros((nz, a.shape[1] // fy, a.shape[2] // fx), dtype=np.float32)
     for oy in range(fy):
         for ox in range(fx):
@@ -386,8 +399,21 @@ def _lumen_continuation(blob: np.ndarray, prev: np.ndarray, hu: np.ndarray, prev
     return cont
 
 
+def _center_of_mass(mask: np.ndarray) -> np.ndarray:
+    """Index-space centroid of a boolean volume, from its three projections (much cheaper than ndimage's)."""
+    total = int(np.count_nonzero(mask))
+    if total == 0:
+        return np.full(mask.ndim, np.nan)
+    out = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        counts = np.count_nonzero(mask, axis=other)
+        out.append(float(np.dot(np.arange(counts.size, dtype=np.float64), counts)) / total)
+    return np.array(out)
+
+
 def _lps_x_of_centroid(mask: np.ndarray, spacing, direction: np.ndarray) -> float:
-    idx = np.array(ndi.center_of_mass(mask), dtype=float)
+    idx = _center_of_mass(mask)
     return float(direction[0] @ (idx * np.asarray(spacing, dtype=float)))
 
 
@@ -427,12 +453,22 @@ def _body_center_x(lungs, spacing, direction) -> float:
 
 
 def _erode_until_two(mask: np.ndarray, max_iter: int = 12) -> list[np.ndarray] | None:
-    """Erode in-plane until the mask falls apart into two large components."""
+    """Erode in-plane until the mask falls apart into two large components.
+
+    ``k`` erosions with the 4-neighbour cross are the pixels whose in-plane
+    city-block distance to the background (the box's outside included) exceeds
+    ``k``; that distance is computed once per slice instead of eroding the
+    volume ``k`` times.
+    """
     box = ndi.find_objects(mask.astype(np.uint8))[0]
-    cur = mask[box]
-    struct = _STRUCT_2D_IN_3D
-    for _ in range(max_iter):
-        cur = ndi.binary_erosion(cur, structure=struct)
+    sub = mask[box]
+    dist = np.empty(sub.shape, dtype=np.float32)
+    for k in range(sub.shape[0]):
+        # Zero ring: OpenCV does not count the outside of the image as background.
+        d = cv2.distanceTransform(np.pad(sub[k].view(np.uint8), 1), cv2.DIST_L1, 3)
+        dist[k] = d[1:-1, 1:-1]
+    for it in range(1, max_iter + 1):
+        cur = dist > it
         lab, n = ndi.label(cur)
         if n < 2:
             if n == 0:
@@ -459,10 +495,19 @@ def _grow_labels_within(labels: np.ndarray, mask: np.ndarray, spacing) -> None:
         return
     box = ndi.find_objects(mask.astype(np.uint8))[0]
     sub = labels[box]
-    _, idx = ndi.distance_transform_edt(sub == 0, sampling=spacing, return_indices=True)
-    nearest = sub[tuple(idx)]
+    idx = ndi.distance_transform_edt(sub == 0, sampling=spacing, return_distances=False, return_indices=True)
     f = free[box]
-    sub[f] = nearest[f]
+    sub[f] = sub[idx[0][f], idx[1][f], idx[2][f]]
+
+
+def _bbox(m: np.ndarray, margin: int = 0) -> tuple[slice, slice] | None:
+    """In-plane bounding box of a 2-D mask grown by ``margin`` (clipped to the slice); None when empty."""
+    pts = cv2.findNonZero(m.view(np.uint8) if m.dtype == bool else m)
+    if pts is None:
+        return None
+    x0, y0, w, h = cv2.boundingRect(pts)
+    ny, nx = m.shape
+    return (slice(max(0, y0 - margin), min(ny, y0 + h + margin)), slice(max(0, x0 - margin), min(nx, x0 + w + margin)))
 
 
 def _close_and_fill(labels: np.ndarray, spacing, body: np.ndarray) -> np.ndarray:
@@ -481,8 +526,13 @@ def _close_and_fill(labels: np.ndarray, spacing, body: np.ndarray) -> np.ndarray
         for k in zs:
             if k not in skin_dist:
                 skin_dist[k] = cv2.distanceTransform(body[k].astype(np.uint8), cv2.DIST_L2, 5) * px_mm
-            blocked = (labels[k] > 0) & (labels[k] != side)
-            mk = m[k]
+            # Everything below stays inside the lung's bounding box (a closing and the convex hull do),
+            # so it runs on that box with the margin the pleural pockets look at.
+            crop = _bbox(m[k], 4)
+            mk = m[k][crop]
+            lk = labels[k][crop]
+            skin = skin_dist[k][crop]
+            blocked = (lk > 0) & (lk != side)
             core, islands = _split_islands(mk, max_island_px)
             # Judge the islands against the lung without them, so that a stray one
             # cannot pull the tissue around it into the closing. Closing and pockets
@@ -490,12 +540,12 @@ def _close_and_fill(labels: np.ndarray, spacing, body: np.ndarray) -> np.ndarray
             # stray beside the closed rest either: close only when there are candidates.
             stray = _stray_islands(islands, core) if islands.any() else islands
             if stray.any():
-                rest = _close_with_pockets(core, kernel, pad, skin_dist[k], blocked, px_mm)
+                rest = _close_with_pockets(core, kernel, pad, skin, blocked, px_mm)
                 stray = _stray_islands(stray, rest)
                 if stray.any():
-                    dropped[k] |= stray
+                    dropped[k][crop] |= stray
                     mk = mk & ~stray
-            closed[k] = _close_with_pockets(mk, kernel, pad, skin_dist[k], blocked, px_mm)
+            closed[k][crop] = _close_with_pockets(mk, kernel, pad, skin, blocked, px_mm)
         if not closed.any():
             continue
         box = _padded_box(closed, 1)
@@ -510,7 +560,11 @@ def _close_and_fill(labels: np.ndarray, spacing, body: np.ndarray) -> np.ndarray
 def _close_with_pockets(
     m: np.ndarray, kernel: np.ndarray, pad: int, skin_mm: np.ndarray, blocked: np.ndarray, px_mm: float
 ) -> np.ndarray:
-    """Closing of one lung slice, plus its pleural pockets."""
+    """Closing of one lung slice (or a crop of it holding the lung), plus its pleural pockets.
+
+    The zero padding of ``pad`` (> the kernel's radius) makes the closing of a crop that holds
+    the whole lung equal to that of the full slice.
+    """
     sl = np.pad(m.astype(np.uint8), pad)
     c = cv2.morphologyEx(sl, cv2.MORPH_CLOSE, kernel)[pad:-pad, pad:-pad]
     return _add_pleural_pockets(c, skin_mm, blocked, px_mm)
@@ -555,7 +609,7 @@ def _stray_islands(islands: np.ndarray, lung: np.ndarray) -> np.ndarray:
     if n <= 1:
         return out
     hull = np.zeros((h, w), np.uint8)
-    cv2.fillConvexPoly(hull, cv2.convexHull(cv2.findNonZero(lung_u8[crop])), 1)
+    cv2.fillConvexPoly(hull, _hull_points(lung_u8[crop]), 1)
     # Covered or surrounded (in a hole of any size: a nodule or consolidation with air in it).
     flood = np.pad(lung_u8[crop], 1)
     cv2.floodFill(flood, None, (0, 0), 2)
@@ -572,6 +626,16 @@ def _stray_islands(islands: np.ndarray, lung: np.ndarray) -> np.ndarray:
         n_all, lab_all = cv2.connectedComponents(islands.astype(np.uint8), connectivity=8)
         out &= ~np.isin(lab_all, np.unique(lab_all[outside_box]))
     return out
+
+
+def _hull_points(m: np.ndarray) -> np.ndarray:
+    """Convex hull of a non-empty 2-D mask's pixels, from each row's first and last pixel (the same hull)."""
+    rows = np.flatnonzero(m.any(axis=1))
+    sub = m[rows].astype(bool, copy=False)
+    first = sub.argmax(axis=1)
+    last = sub.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
+    pts = np.concatenate([np.stack([first, rows], axis=1), np.stack([last, rows], axis=1)]).astype(np.int32)
+    return cv2.convexHull(pts[:, None, :])
 
 
 def _add_pleural_pockets(m: np.ndarray, skin_mm: np.ndarray, blocked: np.ndarray, px_mm: float) -> np.ndarray:
@@ -602,42 +666,141 @@ def _add_pleural_pockets(m: np.ndarray, skin_mm: np.ndarray, blocked: np.ndarray
 def _pockets_in_crop(mb: np.ndarray, skin_mm: np.ndarray, blocked: np.ndarray, px_mm: float, area: int) -> np.ndarray:
     m = mb.astype(np.uint8)
     hull = np.zeros(m.shape, np.uint8)
-    cv2.fillConvexPoly(hull, cv2.convexHull(cv2.findNonZero(m)), 1)
+    cv2.fillConvexPoly(hull, _hull_points(m), 1)
     hb = hull.astype(bool)
     edge = hb & ~cv2.erode(hull, np.ones((3, 3), np.uint8), borderValue=0).astype(bool)
     dent = hb & ~mb & ~blocked
     if not dent.any():
         return mb
     n, lab, stats, _ = cv2.connectedComponentsWithStats(dent.astype(np.uint8), connectivity=4)
-    depth = None
-    ring = np.ones((5, 5), np.uint8)
-    out = mb.copy()
-    for i in range(1, n):
-        if stats[i, cv2.CC_STAT_AREA] > 0.5 * area:
-            continue
-        x0, y0, w, h = (int(v) for v in stats[i, :4])
-        box = (slice(max(0, y0 - 3), y0 + h + 3), slice(max(0, x0 - 3), x0 + w + 3))
-        comp = lab[box] == i
-        mouth = comp & edge[box]
-        if not mouth.any():
-            continue  # a hole; hole filling deals with it
-        # Lung pleura right beside the mouth: its two ends.
-        beside = cv2.dilate(mouth.astype(np.uint8), ring).astype(bool) & edge[box] & mb[box]
-        if not beside.any():
-            continue
-        n_end, end_lab = cv2.connectedComponents(beside.astype(np.uint8), connectivity=8)
-        if n_end < 3:
-            continue  # not closed by lung at both ends: it opens onto the other lung or the mediastinum
-        sk = skin_mm[box]
-        shallow_end = min(float(sk[end_lab == j].max()) for j in range(1, n_end))
-        if float(sk[mouth].max()) > shallow_end + POCKET_MOUTH_TOLERANCE_MM:
-            continue
-        if depth is None:
-            depth = cv2.distanceTransform(hull, cv2.DIST_L2, 5) * px_mm
-        if float(depth[box][comp].max()) > MAX_PLEURAL_POCKET_MM:
-            continue
-        out[box] |= comp
-    return out
+    # The rules of _mouth_along_chest_wall, for all dents at once: a slice has dozens of dents (most of
+    # them one-pixel steps of the rasterised hull), too many for a Python loop over them.
+    my, mx = np.nonzero(edge & dent)
+    mouth_lab = lab[my, mx]
+    cand = np.zeros(n, dtype=bool)
+    cand[mouth_lab] = True  # has a mouth (else a hole; hole filling deals with it)
+    cand[0] = False
+    cand &= stats[:, cv2.CC_STAT_AREA] <= 0.5 * area
+    if not cand.any():
+        return mb
+    ok = _mouths_along_chest_wall(cand, lab, my, mx, mouth_lab, edge & mb, skin_mm)
+    if not ok.any():
+        return mb
+    depth = cv2.distanceTransform(hull, cv2.DIST_L2, 5) * px_mm
+    dy, dx = np.nonzero(dent)
+    dl = lab[dy, dx]
+    sel = ok[dl]
+    deepest = np.full(n, -np.inf, dtype=np.float64)
+    np.maximum.at(deepest, dl[sel], depth[dy[sel], dx[sel]].astype(np.float64))
+    ok &= deepest <= MAX_PLEURAL_POCKET_MM
+    return mb | ok[lab]
+
+
+#: Offsets of the 5 x 5 ring around a mouth pixel, and half of the 8-neighbourhood (each pair once).
+_RING_5 = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+_HALF_8 = [(0, 1), (1, -1), (1, 0), (1, 1)]
+
+
+def _mouths_along_chest_wall(cand: np.ndarray, lab: np.ndarray, my: np.ndarray, mx: np.ndarray,
+                             mouth_lab: np.ndarray, pleura: np.ndarray, skin_mm: np.ndarray) -> np.ndarray:
+    """Per dent label: closed by lung at both ends of its mouth, and the mouth runs along the chest wall.
+
+    ``my, mx, mouth_lab``: the mouth pixels (dent pixels on the hull's edge) and their dent;
+    ``pleura``: lung pixels on the hull's edge. A dent's ends are the 8-connected pieces of
+    the pleura within the 5 x 5 ring of its mouth; the shallower end is the one whose deepest
+    pixel lies least deep under the skin. Computed for all dents at once as a graph whose
+    nodes are (dent, pleura pixel) pairs, the result of :func:`_mouth_along_chest_wall` for each.
+    """
+    n = cand.size
+    ny, nx = lab.shape
+    keep = cand[mouth_lab]
+    my, mx, mouth_lab = my[keep], mx[keep], mouth_lab[keep]
+    mouth_img = np.zeros((ny + 4, nx + 4), np.int32)  # padded by the ring's reach
+    mouth_img[my + 2, mx + 2] = mouth_lab
+    py, px = np.nonzero(pleura)
+    npx = py.size
+    ok = np.zeros(n, dtype=bool)
+    if npx == 0:
+        return ok
+    keys = []
+    for dy, dx in _RING_5:
+        d = mouth_img[py + 2 + dy, px + 2 + dx]
+        hit = np.nonzero(d)[0]
+        keys.append(d[hit].astype(np.int64) * npx + hit)
+    keys = np.unique(np.concatenate(keys))  # node = dent * npx + pleura pixel, sorted
+    if keys.size == 0:
+        return ok
+    node_dent = keys // npx
+    node_pix = keys % npx
+    pidx = np.full((ny + 2, nx + 2), -1, np.int64)
+    pidx[py + 1, px + 1] = np.arange(npx)
+    rows, cols = [], []
+    for dy, dx in _HALF_8:
+        q = pidx[py[node_pix] + 1 + dy, px[node_pix] + 1 + dx]
+        has = q >= 0
+        other = node_dent[has] * npx + q[has]
+        j = np.searchsorted(keys, other)
+        j[j == keys.size] = 0
+        linked = keys[j] == other
+        rows.append(np.nonzero(has)[0][linked])
+        cols.append(j[linked])
+    comp = _components(keys.size, np.concatenate(rows), np.concatenate(cols))
+    n_comp = int(comp.max()) + 1
+    comp_dent = np.zeros(n_comp, np.int64)
+    comp_dent[comp] = node_dent
+    comp_deepest = np.full(n_comp, -np.inf)
+    np.maximum.at(comp_deepest, comp, skin_mm[py[node_pix], px[node_pix]].astype(np.float64))
+    ends = np.bincount(comp_dent, minlength=n)
+    shallow_end = np.full(n, np.inf)
+    np.minimum.at(shallow_end, comp_dent, comp_deepest)
+    mouth_deepest = np.full(n, -np.inf)
+    np.maximum.at(mouth_deepest, mouth_lab, skin_mm[my, mx].astype(np.float64))
+    return cand & (ends >= 2) & ~(mouth_deepest > shallow_end + POCKET_MOUTH_TOLERANCE_MM)
+
+
+def _components(n_nodes: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected components of a small undirected graph (edges ``a[i] - b[i]``): labels 0..k-1 per node.
+
+    Minimum-label hooking with pointer jumping, all in numpy: a slice's graph has a few
+    hundred nodes, where scipy.sparse's per-call overhead would dominate.
+    """
+    lab = np.arange(n_nodes)
+    while a.size:
+        la, lb = lab[a], lab[b]
+        low = np.minimum(la, lb)
+        new = lab.copy()
+        np.minimum.at(new, la, low)
+        np.minimum.at(new, lb, low)
+        while True:
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, lab):
+            break
+        lab = new
+    return np.unique(lab, return_inverse=True)[1].reshape(-1)
+
+
+def _mouth_along_chest_wall(i: int, lab: np.ndarray, stats: np.ndarray, edge: np.ndarray, mb: np.ndarray,
+                            skin_mm: np.ndarray) -> bool:
+    """Dent ``i``: closed by lung at both ends of its mouth, and the mouth runs along the chest wall."""
+    x0, y0, w, h = (int(v) for v in stats[i, :4])
+    box = (slice(max(0, y0 - 3), y0 + h + 3), slice(max(0, x0 - 3), x0 + w + 3))
+    comp = lab[box] == i
+    mouth = comp & edge[box]
+    if not mouth.any():
+        return False  # a hole; hole filling deals with it
+    # Lung pleura right beside the mouth: its two ends.
+    beside = cv2.dilate(mouth.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & edge[box] & mb[box]
+    if not beside.any():
+        return False
+    n_end, end_lab = cv2.connectedComponents(beside.astype(np.uint8), connectivity=8)
+    if n_end < 3:
+        return False  # not closed by lung at both ends: it opens onto the other lung or the mediastinum
+    sk = skin_mm[box]
+    shallow_end = min(float(sk[end_lab == j].max()) for j in range(1, n_end))
+    return not float(sk[mouth].max()) > shallow_end + POCKET_MOUTH_TOLERANCE_MM
 
 
 def _padded_box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
@@ -662,15 +825,29 @@ def _fill_holes(mask: np.ndarray, spacing) -> np.ndarray:
     openings continue downwards in 3-D, so large 2-D holes are only filled
     when they are closed in 3-D as well (a lesion or nodule inside the lung).
     """
-    lab, n = ndi.label(~mask, structure=_STRUCT_2D_IN_3D)
+    lab, enclosed = _enclosed(~mask, _STRUCT_2D_IN_3D, in_plane=True)
+    areas_mm2 = np.bincount(lab.ravel(), minlength=enclosed.size) * (spacing[1] * spacing[2])
+    out = mask | (enclosed & (areas_mm2 <= MAX_SLICE_HOLE_MM2))[lab]
+    # The 3-D fill, as ndimage.binary_fill_holes (6-connected, every face of the box is outside) but
+    # with one labelling instead of an iterated dilation.
+    lab, enclosed = _enclosed(~out, None, in_plane=False)
+    return out | enclosed[lab]
+
+
+def _enclosed(free: np.ndarray, structure, in_plane: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of ``free``'s components, and per label whether it stays off the box's border.
+
+    With ``in_plane`` only the four in-plane sides count as border (per-slice holes).
+    """
+    lab, n = ndi.label(free, structure=structure)
     border = np.zeros(n + 1, dtype=bool)
-    for edge in (lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]):
-        border[np.unique(edge)] = True
-    border[0] = True  # label 0 = the mask itself
-    areas_mm2 = np.bincount(lab.ravel(), minlength=n + 1) * (spacing[1] * spacing[2])
-    small = ~border & (areas_mm2 <= MAX_SLICE_HOLE_MM2)
-    out = mask | small[lab]
-    return ndi.binary_fill_holes(out)
+    faces = [lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]]
+    if not in_plane:
+        faces += [lab[0], lab[-1]]
+    for face in faces:
+        border[np.unique(face)] = True
+    border[0] = True  # label 0 = not free
+    return lab, ~border
 
 
 def _upsample_labels(labels: np.ndarray, fy: int, fx: int, full_shape) -> np.ndarray:
