@@ -46,6 +46,7 @@ import io
 import os
 from collections.abc import Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -105,6 +106,9 @@ _PLUGIN_HINTS = {
     "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg",
     "1.2.840.10008.1.2.5": "pylibjpeg-rle",
 }
+
+#: Transfer syntaxes that are always lossy (JPEG baseline/extended).
+_LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"})
 
 # JPEG process 1/2/4/14 streams that imagecodecs' libjpeg-turbo decodes with the
 # GIL released (about 10x faster than pylibjpeg-libjpeg, which holds the GIL).
@@ -270,8 +274,16 @@ def _iter_files(root: Path, errors: list[str]) -> Iterable[str]:
         return
     def onerror(exc: OSError) -> None:
         errors.append(f"{exc.filename}: cannot be read ({exc.strerror or exc}) — skipped")
-    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
-        dirnames.sort()
+    # Symbolic links to folders are followed (exports often link series folders together),
+    # each real folder once: a link back up the tree (a loop) is not walked again.
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in seen)
         for name in sorted(filenames):
             yield os.path.join(dirpath, name)
 
@@ -436,20 +448,50 @@ def _plane(orientation: tuple[float, ...] | None) -> str:
     return ("sagittal", "coronal", "axial")[axis]
 
 
+def _pixel_spacing(frames: list[_Frame]) -> tuple[tuple[float, float], str]:
+    """PixelSpacing of a series and a warning ('' when it was in the headers).
+
+    Without PixelSpacing, a CT's ReconstructionDiameter over the matrix size is the
+    pixel size the scanner reconstructed (PS3.3 C.8.2.1); then ImagerPixelSpacing
+    (detector plane, a slight overestimate); only then 1 mm is assumed.
+    """
+    ps = next((f.pixel_spacing for f in frames if f.pixel_spacing is not None), None)
+    if ps is not None:
+        return ps, ""
+    hdr = frames[0].header
+    rows, cols = _int_or_none(_get(hdr, "Rows")) or 0, _int_or_none(_get(hdr, "Columns")) or 0
+    diameter = _float_or(_text(hdr, "ReconstructionDiameter"), 0.0)
+    if diameter > 0 and rows == cols and rows > 0:
+        d = diameter / cols
+        return (d, d), (f"PixelSpacing missing: {d:.4g} mm pixels taken from ReconstructionDiameter "
+                        f"({diameter:g} mm over {cols} columns); check lengths and areas against a ruler")
+    imager = _floats(_text(hdr, "ImagerPixelSpacing"), 2)
+    if imager is not None and min(imager) > 0:
+        return imager, (f"PixelSpacing missing: ImagerPixelSpacing {imager[0]:g} x {imager[1]:g} mm used; "
+                        "lengths and areas may be slightly too large")
+    return (1.0, 1.0), ("PixelSpacing missing: 1 mm pixels assumed; lengths, areas and volumes "
+                        "are not reliable (percentages are)")
+
+
 def _analysable_reason(modality: str, spp: int, orientation: tuple[float, ...] | None,
-                       n_slices: int) -> str:
+                       n_slices: int, bits_stored: int | None = None) -> str:
     reasons = []
     if modality != "CT":
         reasons.append(f"modality is {modality or 'unknown'}, not CT")
     if spp != 1:
         reasons.append("colour (RGB) images, not CT densities")
+    elif modality == "CT" and bits_stored is not None and bits_stored <= 8:
+        # 256 grey levels cannot hold the HU range: an export for display (screenshots, 8-bit JPEG).
+        reasons.append(f"{bits_stored}-bit pixels cannot hold CT densities (Hounsfield units); "
+                       "use the original CT images, not an 8-bit export")
     plane = _plane(orientation)
     if plane == "unknown":
         reasons.append("slice orientation unknown (no ImageOrientationPatient)")
     elif plane != "axial":
         reasons.append(f"not an axial series ({plane} slices)")
     if n_slices < MIN_SLICES_FOR_ANALYSIS:
-        reasons.append("too few slices for a 3-D analysis")
+        reasons.append(f"too few slices for a 3-D analysis ({n_slices} slice{'s' if n_slices != 1 else ''}; "
+                       f"at least {MIN_SLICES_FOR_ANALYSIS} needed)")
     return "; ".join(reasons)
 
 
@@ -466,7 +508,10 @@ def _arrange(frames: list[_Frame]) -> _Arrangement:
     """Order frames along the normal, find duplicates, gaps and the z spacing."""
     warnings: list[str] = []
     ori = next((f.orientation for f in frames if f.orientation is not None), None)
-    have_pos = ori is not None and all(f.position is not None for f in frames)
+    if ori is not None and 2 <= sum(f.position is not None for f in frames) < len(frames):
+        frames, note = _fill_missing_positions(frames, ori)
+        warnings.append(note)
+    have_pos = ori is not None and bool(frames) and all(f.position is not None for f in frames)
     if have_pos:
         n = _normal(ori)
         if n[int(np.argmax(np.abs(n)))] < 0:
@@ -482,11 +527,18 @@ def _arrange(frames: list[_Frame]) -> _Arrangement:
             else:
                 kept.append(i)
         if dups:
-            names = ", ".join(Path(frames[i].path).name for i in dups[:5])
+            names = ", ".join(_short_path(frames[i].path) for i in dups[:5])
             more = f" and {len(dups) - 5} more" if len(dups) > 5 else ""
-            warnings.append(f"{len(dups)} slice(s) duplicate the position of another slice; kept one "
+            sops = {frames[i].sop_instance_uid for i in kept}
+            copies = sum(frames[i].sop_instance_uid in sops for i in dups)
+            what = (f" ({'all' if copies == len(dups) else copies} copies of the same image: "
+                    "same SOPInstanceUID)") if copies else ""
+            warnings.append(f"{len(dups)} slice(s) duplicate the position of another slice{what}; kept one "
                             f"of each and skipped {names}{more}")
         z = s[kept]
+        tilt = _stack_tilt_note(frames[kept[0]].position, frames[kept[-1]].position, n)
+        if tilt:
+            warnings.append(tilt)
         diffs = -np.diff(z)
         if len(diffs):
             med = float(np.median(diffs))
@@ -527,6 +579,69 @@ def _arrange(frames: list[_Frame]) -> _Arrangement:
     return _Arrangement(tuple(frames[i] for i in order), z, spacing, axis0, tuple(warnings))
 
 
+def _short_path(path: str) -> str:
+    """The file's name with its folder, enough to find it in a listing."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+#: Slices stacked more than this off their normal are reported as sheared (gantry tilt).
+TILT_NOTE_DEG = 0.5
+
+
+def _stack_tilt_note(first: tuple[float, float, float] | None, last: tuple[float, float, float] | None,
+                     normal: np.ndarray) -> str:
+    """A warning when the slices are stacked along a line that is not their normal.
+
+    That is what a tilted gantry produces: each slice is shifted in its own plane by
+    ``tan(tilt)`` times the slice distance. Per-slice images, areas and voxel volumes
+    (area x distance along the normal) stay right; a straight 3-D position computed
+    from the first slice drifts, hence the note.
+    """
+    if first is None or last is None:
+        return ""
+    d = np.subtract(last, first)
+    length = float(np.linalg.norm(d))
+    along = abs(float(np.dot(d, normal)))
+    if length <= 0 or along <= 0:
+        return ""
+    angle = float(np.degrees(np.arccos(min(1.0, along / length))))
+    if angle <= TILT_NOTE_DEG:
+        return ""
+    drift = float(np.sqrt(max(length ** 2 - along ** 2, 0.0)))
+    return (f"slices are stacked {angle:.1f}\u00b0 off their normal (gantry tilt): each image and the "
+            f"areas and volumes are right, but 3-D positions drift in-plane by up to {drift:.1f} mm "
+            "from the first to the last slice")
+
+
+def _fill_missing_positions(frames: list[_Frame], ori: tuple[float, ...]) -> tuple[list[_Frame], str]:
+    """Place slices without ImagePositionPatient when the others allow it.
+
+    When the slices that have a position lie on a line that InstanceNumber
+    parametrises (position = a + b * InstanceNumber, within 0.1 mm), the missing
+    positions are taken from that line; otherwise those slices are left out.
+    Returns the frames to arrange and the warning that says which.
+    """
+    missing = [f for f in frames if f.position is None]
+    have = [f for f in frames if f.position is not None]
+    names = ", ".join(_short_path(f.path) for f in missing[:5]) + (
+        f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    head = f"ImagePositionPatient missing in {len(missing)} of {len(frames)} slices ({names})"
+    numbered = [f for f in have if f.instance_number is not None]
+    inst = np.array([f.instance_number for f in numbered], dtype=float)
+    if (all(f.instance_number is not None for f in missing) and len(numbered) >= 2
+            and np.ptp(inst) > 0 and len(set(inst.tolist())) == len(inst)):
+        pos = np.array([f.position for f in numbered], dtype=float)
+        design = np.column_stack([np.ones_like(inst), inst])
+        coef, *_ = np.linalg.lstsq(design, pos, rcond=None)
+        resid = float(np.abs(design @ coef - pos).max())
+        if resid < 0.1:
+            filled = [f if f.position is not None else dataclasses.replace(
+                f, position=tuple(float(v) for v in coef[0] + coef[1] * f.instance_number)) for f in frames]
+            return filled, head + ": their positions were estimated from InstanceNumber"
+    return have, head + ": those slices were left out (InstanceNumber does not place them reliably)"
+
+
 def _series_info(key: str, frames: list[_Frame], extra_warnings: list[str]) -> SeriesInfo:
     hdr = frames[0].header
     arr = _arrange(frames)
@@ -540,6 +655,17 @@ def _series_info(key: str, frames: list[_Frame], extra_warnings: list[str]) -> S
         problem = _decoder_problem(ts)
         if problem:
             warnings.append(problem)
+    ps, ps_note = _pixel_spacing(frames)
+    if ps_note:
+        warnings.append(ps_note)
+        if ps == (1.0, 1.0) and "1 mm pixels assumed" in ps_note:
+            ps = None
+    lossy = [f for f in frames if str(_get(f.header, "LossyImageCompression", "") or "").strip() == "01"
+             or _transfer_syntax(f.header) in _LOSSY_SYNTAXES]
+    if lossy:
+        warnings.append(f"{len(lossy)} of {len(frames)} images are lossy compressed "
+                        f"({Path(lossy[0].path).name}...): densities are approximate")
+    bits = _int_or_none(_get(hdr, "BitsStored"))
     return SeriesInfo(
         key=key,
         series_instance_uid=str(_get(hdr, "SeriesInstanceUID", "")),
@@ -550,20 +676,22 @@ def _series_info(key: str, frames: list[_Frame], extra_warnings: list[str]) -> S
         slice_count=len(arr.frames),
         rows=int(hdr.Rows),
         columns=int(hdr.Columns),
-        pixel_spacing=frames[0].pixel_spacing,
+        pixel_spacing=ps,
         z_spacing_mm=round(arr.z_spacing_mm, 4) if len(arr.frames) > 1 and arr.axis0 is not None else None,
         orientation=ori,
         plane=_plane(ori),
         transfer_syntaxes=syntaxes,
         samples_per_pixel=spp,
         warnings=tuple(warnings),
-        analysable_reason=_analysable_reason(modality, spp, ori, len(arr.frames)),
+        analysable_reason=_analysable_reason(modality, spp, ori, len(arr.frames), bits),
         frames=tuple(frames),
     )
 
 
 def _series_sort_key(s: SeriesInfo) -> tuple:
-    return (s.modality != "CT", bool(s.analysable_reason), -s.slice_count, s.key)
+    # Largest analysable CT first; between equal counts the thinner slices (the same rule as
+    # ``ctscreen analyze``'s default choice, so viewer and CLI open the same series).
+    return (s.modality != "CT", bool(s.analysable_reason), -s.slice_count, s.z_spacing_mm or float("inf"), s.key)
 
 
 def scan_folder(path: str | os.PathLike[str]) -> ScanResult:
@@ -675,8 +803,9 @@ def find_series(scan: ScanResult, key_or_uid: str) -> SeriesInfo:
     for s in scan.series:
         if key_or_uid in (s.key, s.series_instance_uid):
             return s
-    raise NotADicomSeries(f"no series {key_or_uid} here; found: "
-                          + ", ".join(f"{s.key} ({s.modality}, {s.slice_count} slices)" for s in scan.series))
+    shown = ", ".join(f"{s.key} ({s.modality}, {s.slice_count} slices)" for s in scan.series[:4])
+    more = f" and {len(scan.series) - 4} more (ctscreen info lists them)" if len(scan.series) > 4 else ""
+    raise NotADicomSeries(f"no series {key_or_uid} here; found: {shown}{more} — pass one of these UIDs")
 
 
 def _pick_series(path: str | os.PathLike[str]) -> tuple[SeriesInfo, tuple[str, ...]]:
@@ -982,17 +1111,36 @@ def iter_load_series(
         frames = list(arr.frames)
     if dtype == np.int32:
         out = out.astype(np.int16) if out.min() >= -32768 and out.max() <= 32767 else out.astype(np.float32)
+    note = _hu_sanity_note(out, info.modality, frames[0].header)
+    if note:
+        warnings.append(note)
 
     return _make_volume(info, frames, out, arr, disp, warnings)
+
+
+def _hu_sanity_note(hu: np.ndarray, modality: str, header: Dataset) -> str:
+    """A warning when a CT holds no air at all: the modality LUT is then likely missing or wrong.
+
+    Every CT of a body has air (-1000 HU) around or inside it; a series whose
+    darkest pixels are above -500 usually lost its RescaleIntercept on export.
+    """
+    if modality != "CT" or hu.size == 0:
+        return ""
+    sample = hu[:, ::8, ::8]
+    if float(np.percentile(sample, 0.5)) <= -500:
+        return ""
+    why = ("RescaleIntercept is missing" if "RescaleIntercept" not in header
+           else f"RescaleIntercept is {_text(header, 'RescaleIntercept')}")
+    return (f"no air found (nothing below -500 HU) and {why}: the pixel values may not be Hounsfield "
+            "units, so lung and lesion densities would be wrong — check the export settings")
 
 
 def _make_volume(info: SeriesInfo, frames: list[_Frame], hu: np.ndarray, arr: _Arrangement,
                  disp: _Display, warnings: list[str]) -> Volume:
     hdr = frames[0].header
-    ps = frames[0].pixel_spacing
-    if ps is None:
-        ps = (1.0, 1.0)
-        warnings.append("PixelSpacing missing: 1 mm pixels assumed; lengths and areas are not reliable")
+    ps, ps_note = _pixel_spacing(frames)
+    if ps_note:
+        warnings.append(ps_note)
     # PixelSpacing = (distance between rows, distance between columns)
     dy, dx = (ps[1], ps[0]) if disp.transpose else (ps[0], ps[1])
     if len(frames) == 1 and "SpacingBetweenSlices" not in hdr:
@@ -1009,7 +1157,8 @@ def _make_volume(info: SeriesInfo, frames: list[_Frame], hu: np.ndarray, arr: _A
         corners = np.array([[np.add(pos0, i * (n_rows - 1) * c + j * (n_cols - 1) * r) for j in (0, 1)]
                             for i in (0, 1)])
         origin = tuple(float(v) for v in disp.apply(corners)[0, 0])
-    reason = _analysable_reason(info.modality, info.samples_per_pixel, info.orientation, hu.shape[0])
+    reason = _analysable_reason(info.modality, info.samples_per_pixel, info.orientation, hu.shape[0],
+                                _int_or_none(_get(hdr, "BitsStored")))
     return Volume(
         hu=hu,
         spacing_mm=(float(arr.z_spacing_mm), float(dy), float(dx)),
