@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="output folder")
     a.add_argument("--model", default=None, help="unet|deeplab or a weights file (default: the shipped default)")
     a.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
-    a.add_argument("--series", help="SeriesInstanceUID (default: the largest CT series)")
+    a.add_argument("--series", help="SeriesInstanceUID (default: the analysable axial CT series with the most "
+                                    "slices, named on stderr when there are several; `ctscreen info` lists them)")
     a.add_argument("--png", choices=("none", "lesions", "all", "montage"), default="lesions")
     a.add_argument("--no-seg", action="store_true", help="do not write the DICOM Segmentation object")
     a.add_argument("--cam", choices=("none", "lesions", "all"), default="lesions",

@@ -25,6 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import shutil  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -101,8 +102,26 @@ def check_loaded_cam_layer(model: Any, layer: str | None) -> None:
         raise CtscreenError(unknown_layer_message(layer, valid, what))
 
 
-def pick_series(folder: Path, uid: str | None) -> Any:
-    """Scan ``folder`` and return the :class:`SeriesInfo` to analyse (``uid`` or the largest analysable CT)."""
+def _describe(s: Any) -> str:
+    z = f", {s.z_spacing_mm:g} mm" if getattr(s, "z_spacing_mm", None) else ""
+    return f"{s.key} ({s.series_description or 'no description'}, {s.slice_count} slices{z})"
+
+
+def choose_series(candidates: list[Any]) -> Any:
+    """The default series among analysable CT series: most slices, then thinnest slices, then UID.
+
+    A chest CT study often holds a thin lung-kernel series and a thick soft-tissue one
+    of the same range: the one with more slices is the thinner, richer one.
+    """
+    return min(candidates, key=lambda s: (-s.slice_count, s.z_spacing_mm or float("inf"), s.key))
+
+
+def pick_series(folder: Path, uid: str | None, notes: list[str] | None = None) -> Any:
+    """Scan ``folder`` and return the :class:`SeriesInfo` to analyse (``uid``, else :func:`choose_series`).
+
+    When several series could be analysed, a line naming the chosen one and the others
+    (with ``--series``) is appended to ``notes``.
+    """
     from ctscreen.imaging import dicom
 
     if not folder.exists():
@@ -126,8 +145,18 @@ def pick_series(folder: Path, uid: str | None) -> Any:
         raise NotAnalysable(f"{folder} holds no CT series (found {found}) \u2014 ctscreen analyses chest CT only")
     ok = [s for s in ct if not s.analysable_reason]
     if not ok:
-        raise NotAnalysable(f"no CT series in {folder} can be analysed: {ct[0].analysable_reason}")
-    return max(ok, key=lambda s: s.slice_count)
+        if len(ct) == 1:
+            raise NotAnalysable(f"the CT series {ct[0].key} in {folder} cannot be analysed: {ct[0].analysable_reason}")
+        raise NotAnalysable(f"none of the {len(ct)} CT series in {folder} can be analysed; the largest, "
+                            f"{_describe(ct[0])}: {ct[0].analysable_reason}")
+    info = choose_series(ok)
+    if len(ok) > 1 and notes is not None:
+        others = [s for s in ok if s is not info]
+        shown = "; ".join(_describe(s) for s in others[:3]) + (f"; and {len(others) - 3} more" if len(others) > 3 else "")
+        notes.append(f"{len(ok)} CT series can be analysed here; analysing {_describe(info)}, the one with "
+                     f"the most slices. Others: {shown} \u2014 pick one with --series UID "
+                     f"(ctscreen info {folder} lists them)")
+    return info
 
 
 def _write_exports(result: AnalysisResult, folder: Path, png: str, seg: bool,
@@ -148,24 +177,48 @@ def _write_exports(result: AnalysisResult, folder: Path, png: str, seg: bool,
     return written
 
 
+def _write_seg_or_note(result: AnalysisResult, folder: Path, notes: list[str] | None) -> list[Path]:
+    """Write the DICOM SEG; when the source headers cannot make one, say why in ``notes`` instead.
+
+    A SEG is built from the source images' headers; a series that lacks what it needs
+    (positions, spacing...) still has a complete report and PNGs, so the run goes on.
+    """
+    from ctscreen.imaging.export_seg import write_seg
+
+    try:
+        return [write_seg(result, folder / export.SEG_NAME, force=True)]
+    except ExportError as exc:
+        if notes is None:
+            raise
+        notes.append(f"no DICOM SEG written: {_one_line(str(exc))} (the report and PNGs are complete; "
+                     "--no-seg skips the SEG)")
+        return []
+
+
 def export_staged(result: AnalysisResult, out: Path, png: str, seg: bool, force: bool,
-                  include_patient: bool = False) -> list[Path]:
+                  include_patient: bool = False, notes: list[str] | None = None) -> list[Path]:
     """Write every export into a staging folder in ``out``, then move them into place.
 
     An interruption before the move leaves ``out`` as it was (the staging folder
-    is removed); one during the move removes the files already moved.
+    is removed); one during the move removes the files already moved. A SEG that
+    the source headers cannot make is left out with a line in ``notes`` (when given).
     """
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     except OSError as exc:
-        raise ExportError(f"cannot create {out}: {exc.strerror or exc} \u2014 check the path and permissions") from exc
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise ExportError(f"cannot write into {out}: {exc.strerror or exc} \u2014 check the path and permissions "
+                          "or choose another --out") from exc
     moved: list[Path] = []
     ok = False
     try:
         try:
-            written = _write_exports(result, staging, png, seg, include_patient)
+            written = _write_exports(result, staging, png, False, include_patient)
+            if seg and np.any(result.lesion):
+                written += _write_seg_or_note(result, staging, notes)
         except OSError as exc:
             raise ExportError(f"cannot write the results into {out}: {exc.strerror or exc}") from exc
         if not force:  # something appeared in out while we were analysing
@@ -237,8 +290,9 @@ def summary(result: AnalysisResult, out: Path, written: list[Path], total_s: flo
     parts.append(f"Wrote {len(written)} file(s) to {out} ({', '.join(names)})"
                  + ("; no DICOM SEG, as there is no lesion to store." if not np.any(result.lesion)
                     and not any(p.suffix == ".dcm" for p in written) else "."))
-    if result.warnings:
-        parts.append(f"{len(result.warnings)} warning(s), listed in report.json.")
+    n_warn = len(result.warnings) + len(getattr(vol, "warnings", ()) or ())
+    if n_warn:
+        parts.append(f"{n_warn} warning(s), listed in report.json.")
     parts.append(RESEARCH_NOTICE)
     return _one_line(" ".join(parts))
 
@@ -251,6 +305,8 @@ class AnalyzeRun:
     written: tuple[Path, ...]
     total_s: float
     out: Path
+    #: Lines for stderr after the progress bar: data-quality warnings of the series, a SEG left out.
+    notes: tuple[str, ...] = ()
 
 
 def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_progress: bool = True) -> AnalyzeRun:
@@ -274,7 +330,11 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
     model = load_model(getattr(args, "model", None), device=getattr(args, "device", "auto") or "auto")
     model_s = time.perf_counter() - t
     check_loaded_cam_layer(model, cam_layer)
-    info = pick_series(Path(args.folder).expanduser(), getattr(args, "series", None))
+    choice: list[str] = []
+    info = pick_series(Path(args.folder).expanduser(), getattr(args, "series", None), choice)
+    if show_progress:
+        for line in choice:  # before the long run: which series is being analysed
+            print(f"ctscreen analyze: {line}", file=progress_stream or sys.stderr)
 
     options = AnalyzeOptions(model=model, cam=cam, cam_layer=cam_layer,
                              batch_size=int(getattr(args, "batch_size", 0) or 8))
@@ -293,14 +353,16 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
         result = dataclasses.replace(result, timings_s={**result.timings_s,
                                                          "model": result.timings_s.get("model", 0.0) + model_s})
         t = time.perf_counter()
+        notes = [f"warning: {w}" for w in result.volume.warnings]
         written = export_staged(result, out, png, seg, force,
-                                include_patient=bool(getattr(args, "include_patient", False)))
+                                include_patient=bool(getattr(args, "include_patient", False)), notes=notes)
         export_s = time.perf_counter() - t
     finally:
         gen.close()
         bar.close()
     result = dataclasses.replace(result, timings_s={**result.timings_s, "export": export_s})
-    return AnalyzeRun(result=result, written=tuple(written), total_s=time.perf_counter() - t0, out=out)
+    return AnalyzeRun(result=result, written=tuple(written), total_s=time.perf_counter() - t0, out=out,
+                      notes=tuple(notes))
 
 
 def run_analyze(args: argparse.Namespace) -> int:
@@ -316,5 +378,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         if msg == str(exc):
             raise
         raise type(exc)(msg) from exc
+    for line in run.notes:
+        print(f"ctscreen analyze: {_one_line(line)}", file=sys.stderr)
     print(summary(run.result, run.out, list(run.written), run.total_s))
     return 0
