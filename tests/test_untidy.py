@@ -552,3 +552,18 @@ def test_viewer_shows_two_slices_and_refuses_to_analyse_them(p001, tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ctscreen view: error:")]
     assert proc.returncode == 2 and len(lines) == 1 and "too few slices" in lines[0]
     assert "Traceback" not in proc.stderr and not shot2.exists()
+
+
+def test_series_browser_marks_view_only_series_and_shows_why(p001, tmp_path):
+    from ctscreen.viewer.series_browser import series_subtitle, series_tooltip
+
+    cases = slices(p001, 3)
+    scout = copy.deepcopy(cases[0][0])
+    scout.ImageOrientationPatient, scout.SOPInstanceUID = [1, 0, 0, 0, 0, -1], generate_uid()
+    write(tmp_path / "s", [ds for ds, _ in cases] + [scout])
+    axial, coronal = scan_folder(tmp_path / "s").series
+    assert "view only" not in series_subtitle(axial)
+    assert series_subtitle(coronal) == "CT · 1 slice · 512×512 · view only"
+    tip = series_tooltip(coronal).splitlines()
+    assert tip[0] == coronal.key and tip[1].startswith("View only: not an axial series (coronal slices)")
+    assert any(line.startswith("Warning: SeriesInstanceUID") for line in tip)

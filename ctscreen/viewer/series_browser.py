@@ -28,7 +28,18 @@ def series_subtitle(info: Any) -> str:
     n = series_slice_count(info)
     rows, cols = getattr(info, "rows", None), getattr(info, "columns", None)
     size = f" · {cols}×{rows}" if rows and cols else ""
-    return f"{modality} · {n} slice{'s' if n != 1 else ''}{size}"
+    view_only = " · view only" if getattr(info, "analysable_reason", "") else ""
+    return f"{modality} · {n} slice{'s' if n != 1 else ''}{size}{view_only}"
+
+
+def series_tooltip(info: Any) -> str:
+    """The UID, why the series cannot be analysed (if so) and its data warnings, one per line."""
+    lines = [series_uid(info)]
+    reason = getattr(info, "analysable_reason", "")
+    if reason:
+        lines.append(f"View only: {reason}")
+    lines += [f"Warning: {w}" for w in getattr(info, "warnings", ()) or ()]
+    return "\n".join(lines)
 
 
 def thumbnail_pixmap(grey: np.ndarray, size: int = THUMB_PX) -> QPixmap:
@@ -114,7 +125,7 @@ class SeriesBrowser(QWidget):
         for info in self._series:
             item = QListWidgetItem(QIcon(placeholder), f"{series_title(info)}\n{series_subtitle(info)}")
             item.setData(Qt.ItemDataRole.UserRole, series_uid(info))
-            item.setToolTip(series_uid(info))
+            item.setToolTip(series_tooltip(info))
             self.list.addItem(item)
         extra = f", {ignored_count} other file(s) ignored" if ignored_count else ""
         self.header.setText(f"{len(self._series)} series in this folder{extra}")
