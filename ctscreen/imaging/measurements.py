@@ -223,6 +223,30 @@ def constrain_to_lung(lesion: np.ndarray, lung: np.ndarray) -> np.ndarray:
     return np.where(lung > 0, lesion, 0).astype(np.uint8)
 
 
+def _nonzero_box(*arrays: np.ndarray) -> tuple[slice, slice, slice]:
+    """All slices, and the in-plane (y, x) box holding every non-zero voxel of the (z, y, x) ``arrays``.
+
+    Empty (zero-size in y and x) when there is none. Only the slices with any voxel are
+    scanned for the in-plane extent.
+    """
+    nz = arrays[0].shape[0]
+    if arrays[0].size == 0:
+        return (slice(None), slice(0, 0), slice(0, 0))
+    any_yx = None
+    for a in arrays:
+        flat = a.reshape(nz, -1)
+        zs = np.flatnonzero(flat.any(axis=1))
+        if zs.size == 0:
+            continue
+        plane = a[zs].any(axis=0)
+        any_yx = plane if any_yx is None else (any_yx | plane)
+    if any_yx is None:
+        return (slice(None), slice(0, 0), slice(0, 0))
+    ys = np.flatnonzero(any_yx.any(axis=1))
+    xs = np.flatnonzero(any_yx.any(axis=0))
+    return (slice(None), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1))
+
+
 def _percent(part: int, whole: int) -> float:
     return 100.0 * part / whole if whole > 0 else float("nan")
 
@@ -291,9 +315,12 @@ def measure(
     lung = np.asarray(lung)
     if lesion.ndim != 3 or lesion.shape != lung.shape:
         raise ValueError(f"lesion {lesion.shape} and lung {lung.shape} must be (z, y, x) arrays of one shape")
-    if lesion.size and (int(lesion.max()) > CONSOLIDATION or int(lung.max()) > LEFT):
-        raise ValueError("lesion labels must be 0/1/2 and lung labels 0/1/2")
     nz = lesion.shape[0]
+    # Everything but the (0, 0) count happens inside the box that holds every lesion and lung voxel.
+    box = _nonzero_box(lesion, lung)
+    les_b, lung_b = lesion[box], lung[box]
+    if les_b.size and (int(les_b.max()) > CONSOLIDATION or int(lung_b.max()) > LEFT):
+        raise ValueError("lesion labels must be 0/1/2 and lung labels 0/1/2")
     dz, dy, dx = (float(s) for s in spacing_mm)
     pixel_mm2 = dy * dx
     voxel_ml = dz * pixel_mm2 / 1000.0
@@ -310,9 +337,11 @@ def measure(
     inums = list(instance_numbers) if instance_numbers is not None and len(instance_numbers) == nz else [None] * nz
 
     # counts[k, 3 * lesion_label + lung_label]
-    code = lesion.astype(np.uint8) * 3 + lung.astype(np.uint8)
-    counts = np.stack([np.bincount(code[k].ravel(), minlength=9) for k in range(nz)]).astype(np.int64)
-    counts = counts.reshape(nz, 3, 3)  # [slice, lesion label, lung label]
+    code = les_b.astype(np.intp) * 3 + lung_b
+    code += 9 * np.arange(nz, dtype=np.intp)[:, None, None]
+    counts = np.bincount(code.ravel(), minlength=9 * nz).astype(np.int64).reshape(nz, 3, 3)
+    # [slice, lesion label, lung label]; the pixels outside the box are (0, 0)
+    counts[:, 0, 0] += int(np.prod(lesion.shape[1:])) - les_b.shape[1] * les_b.shape[2]
 
     lung_px = counts.sum(axis=1)  # [slice, lung label]
     lesion_in_lung = counts[:, 1:, :].sum(axis=1)  # [slice, lung label], lesion > 0
@@ -389,7 +418,14 @@ def count_lesions(lesion: np.ndarray, voxel_ml: float, min_volume_ml: float = MI
     GGO and consolidation that touch are one lesion (a consolidating core in a
     ground-glass halo is one finding).
     """
-    lab, n = ndi.label(np.asarray(lesion) > 0, structure=_CONNECTIVITY_26)
+    lesion = np.asarray(lesion)
+    sub = lesion[_nonzero_box(lesion)]  # a piece never leaves the box of all lesion voxels
+    if sub.size == 0:
+        return 0
+    zs = np.flatnonzero(sub.reshape(sub.shape[0], -1).any(axis=1))
+    if zs.size == 0:
+        return 0
+    lab, n = ndi.label(sub[zs[0]:zs[-1] + 1] > 0, structure=_CONNECTIVITY_26)
     if n == 0:
         return 0
     sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
