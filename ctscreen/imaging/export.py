@@ -52,7 +52,7 @@ def slice_png_name(index: int) -> str:
 
 
 def atomic_write(path: str | os.PathLike, data_or_writer: Union[bytes, bytearray, str, Writer],
-                 force: bool = False) -> Path:
+                 force: bool = False, *, sync_dir: bool = True) -> Path:
     """Write a file so that it is either complete or absent.
 
     The content goes to a temporary file in the target's folder, is flushed
@@ -68,6 +68,10 @@ def atomic_write(path: str | os.PathLike, data_or_writer: Union[bytes, bytearray
         the open binary file object and writes to it.
     force : bool
         Overwrite an existing target. Without it an existing target is an error.
+    sync_dir : bool
+        Also ``fsync`` the folder so the rename itself is durable. A caller that
+        writes many files into one folder passes False and syncs the folder once
+        at the end (:func:`_fsync_dir`).
 
     Returns
     -------
@@ -118,7 +122,8 @@ def atomic_write(path: str | os.PathLike, data_or_writer: Union[bytes, bytearray
         if isinstance(exc, OSError):
             raise ExportError(f"could not write {target}: {exc.strerror or exc} \u2014 check free space and permissions") from exc
         raise
-    _fsync_dir(folder)
+    if sync_dir:
+        _fsync_dir(folder)
     return target
 
 
