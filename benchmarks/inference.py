@@ -1,11 +1,14 @@
 """Segmentation speed per slice, at the resolution the app uses.
 
 Prints one JSON object. For each model and device: milliseconds per slice for
-the app's path (HU 512x512 slices -> crop/resize -> network with flip TTA ->
-probabilities back at 512x512) and, as the reference measured in the same run,
-the bare network forward on an already prepared batch without TTA; the ratio
-app/reference shows what pre/post-processing and TTA cost. Also the projected
-time for a 150-slice series.
+the app's path (``segment.segment_labels``: HU 512x512 slices -> crop/normalise/
+resize (on the device for an accelerator) -> network with flip TTA -> lesion
+channels back at the crop size, labels and float16 lesion probability copied
+back at 512x512) and, as the reference measured in the same run, the bare
+network forward on an already prepared batch without TTA; the ratio
+app/reference shows what pre/post-processing and TTA cost. ``pre_post_ms_per_slice``
+is the app's preparation and label restore alone (no network). Also the
+projected time for a 150-slice series.
 
 Usage: python benchmarks/inference.py [--devices cpu,cuda] [--models unet,deeplab] [--slices 32]
 """
@@ -27,7 +30,7 @@ def _sync(dev: torch.device) -> None:
 
 def bench(model_name: str, device: str, n_slices: int, batch: int) -> dict:
     from ctscreen.inference.models import load_model
-    from ctscreen.inference.segment import segment_batch
+    from ctscreen.inference.segment import labels_on_device, prepare_input, segment_labels
 
     t = time.perf_counter()
     model = load_model(model_name, device)
@@ -42,14 +45,23 @@ def bench(model_name: str, device: str, n_slices: int, batch: int) -> dict:
     sl[lungs] = -850
     hu = np.stack([sl + rng.integers(-20, 20, sl.shape, dtype=np.int16) for _ in range(n_slices)])
     box = (40, 472, 10, 502)
-    segment_batch(model, hu[:batch], box)  # warm-up
+    segment_labels(model, hu[:batch], box)  # warm-up
     _sync(dev)
     t = time.perf_counter()
     for i in range(0, n_slices, batch):
-        segment_batch(model, hu[i:i + batch], box)
+        segment_labels(model, hu[i:i + batch], box)
     _sync(dev)
     app_ms = (time.perf_counter() - t) / n_slices * 1000
-    x = model.prepare(hu[:batch], box)
+    probs = torch.softmax(torch.randn(batch, 3, model.input_size, model.input_size, device=dev), dim=1)
+    labels_on_device(probs, box, hu.shape[-2:])
+    _sync(dev)
+    t = time.perf_counter()
+    for i in range(0, n_slices, batch):
+        prepare_input(model, hu[i:i + batch], box)
+        labels_on_device(probs, box, hu.shape[-2:])
+    _sync(dev)
+    pre_post_ms = (time.perf_counter() - t) / n_slices * 1000
+    x = prepare_input(model, hu[:batch], box)
     with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         model.net(x)
         _sync(dev)
@@ -63,6 +75,7 @@ def bench(model_name: str, device: str, n_slices: int, batch: int) -> dict:
             "hardware": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads",
             "input": "512x512 HU -> 256x256 network input", "batch": batch, "tta": True,
             "load_model_s": round(load_s, 3), "app_ms_per_slice": round(app_ms, 2),
+            "pre_post_ms_per_slice": round(pre_post_ms, 2),
             "reference_bare_forward_ms_per_slice": round(ref_ms, 2),
             "ratio_app_to_reference": round(app_ms / ref_ms, 2),
             "projected_150_slices_s": round(app_ms * 150 / 1000, 2)}

@@ -108,7 +108,7 @@ def test_cam_lesions_only_and_layer_choice(model_file):
     none = run_analysis(vol, AnalyzeOptions(model=model_file, device="cpu", cam="none"))
     assert none.cam == {} and "gradcam" not in none.timings_s
     # On the CPU the segmentation pass doubles as the Grad-CAM pass: it must segment exactly as
-    # segment.segment_batch does (cam="none" uses segment_batch itself) ...
+    # segment.segment_labels does (cam="none" uses segment_labels itself) ...
     np.testing.assert_array_equal(none.lesion, result.lesion)
     np.testing.assert_allclose(none.lesion_prob.astype(np.float32), result.lesion_prob.astype(np.float32),
                                atol=2e-3)
@@ -140,16 +140,16 @@ def test_cancel_raises_and_returns_nothing(model_file):
 def test_gpu_out_of_memory_halves_the_batch_then_falls_back_to_cpu(model_file, monkeypatch):
     model = load_model(model_file, device="cpu")
     model.device = torch.device("cuda")  # pretend; the fake below fails on any "GPU" batch
-    real = segment.segment_batch
+    real = segment.segment_labels
     tried: list[tuple[str, int]] = []
 
-    def fake_segment_batch(m, hu_slices, box, tta=True):
+    def fake_segment_labels(m, hu_slices, box, tta=True):
         tried.append((m.device.type, len(hu_slices)))
         if m.device.type == "cuda":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(m, hu_slices, box, tta=tta)
 
-    monkeypatch.setattr(segment, "segment_batch", fake_segment_batch)
+    monkeypatch.setattr(segment, "segment_labels", fake_segment_labels)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     result = run_analysis(synthetic_volume(), AnalyzeOptions(model=model, batch_size=4, cam="none"))
     assert tried[:4] == [("cuda", 4), ("cuda", 2), ("cuda", 1), ("cpu", 4)]
@@ -161,7 +161,7 @@ def test_other_errors_are_not_mistaken_for_out_of_memory(model_file, monkeypatch
     def broken(m, hu_slices, box, tta=True):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(segment, "segment_batch", broken)
+    monkeypatch.setattr(segment, "segment_labels", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         run_analysis(synthetic_volume(), AnalyzeOptions(model=model_file, device="cpu", cam="none"))
 
@@ -195,13 +195,13 @@ def test_slices_without_lung_skip_the_network(model_file, monkeypatch):
     hu[-1][hu[-1] == -850] = 40  # last slice: body without lungs (upper abdomen)
     vol = Volume(**{**vol.__dict__, "hu": hu})
     seen: list[int] = []
-    real = segment.segment_batch
+    real = segment.segment_labels
 
     def counting(m, hu_slices, box, tta=True):
         seen.append(len(hu_slices))
         return real(m, hu_slices, box, tta=tta)
 
-    monkeypatch.setattr(segment, "segment_batch", counting)
+    monkeypatch.setattr(segment, "segment_labels", counting)
     result = run_analysis(vol, AnalyzeOptions(model=model_file, device="cpu", cam="none"))
     assert not result.lung[-1].any() and result.lung[:-1].any()
     assert sum(seen) == NZ - 1

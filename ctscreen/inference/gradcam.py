@@ -293,7 +293,9 @@ def gradcam_batch(model: Any, hu_slices: np.ndarray, box: Sequence[int], lung_sl
     hu_slices = np.asarray(hu_slices)
     if hu_slices.ndim == 2:
         hu_slices = hu_slices[None]
-    rec = recorded_forward(model, model.prepare(hu_slices, box), layer)
+    from ctscreen.inference.segment import prepare_input  # on the model's device, as the segmentation
+
+    rec = recorded_forward(model, prepare_input(model, hu_slices, box), layer)
     weights = rec.region_weights(region, box)
     return rec.maps(weights, box, tuple(hu_slices.shape[-2:]), lung_slices)
 

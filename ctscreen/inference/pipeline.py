@@ -27,7 +27,7 @@ import numpy as np
 
 from ctscreen.errors import Cancelled, NotAnalysable
 from ctscreen.imaging.measurements import measure_volume
-from ctscreen.imaging.result import CONSOLIDATION, GGO, AnalysisResult
+from ctscreen.imaging.result import AnalysisResult
 from ctscreen.imaging.volume import Volume
 from ctscreen.inference.device import describe_device, free_accelerator_memory, is_out_of_memory
 
@@ -273,13 +273,13 @@ def _series_name(volume: Volume) -> str:
 
 def _segment_and_explain(model: Any, hu_slices: np.ndarray, lung_slices: np.ndarray, box: tuple[int, ...],
                          options: AnalyzeOptions, views: int, cam_layer: str,
-                         labels_of: Callable[[np.ndarray, list[int]], np.ndarray], idx: list[int],
+                         constrain: Callable[[np.ndarray, list[int]], np.ndarray], idx: list[int],
                          store_cam: Callable[[list[int], np.ndarray, np.ndarray], None],
                          cam_s: list[float]) -> tuple[np.ndarray, np.ndarray]:
     """Segmentation with TTA whose plain view is recorded for Grad-CAM, then the maps it needs.
 
-    Gives the probabilities :func:`segment.segment_batch` gives (the same views,
-    averaged the same way; ``tests/test_pipeline.py`` checks it) and saves one
+    Gives the labels and lesion probability :func:`segment.segment_labels` gives (the same
+    views, averaged the same way; ``tests/test_pipeline.py`` checks it) and saves one
     forward pass per Grad-CAM slice.
     """
     import torch
@@ -289,7 +289,7 @@ def _segment_and_explain(model: Any, hu_slices: np.ndarray, lung_slices: np.ndar
 
     flips = segment.TTA_FLIPS[views]  # the segment module's TTA views; the first is the plain slice
     assert flips[0] == (), "the first TTA view must be the unflipped slice"
-    x = model.prepare(hu_slices, box)
+    x = segment.prepare_input(model, hu_slices, box)
     rec = recorded_forward(model, x, cam_layer)
     with torch.inference_mode():
         p = torch.softmax(rec.logits.detach().float(), dim=1)
@@ -297,15 +297,15 @@ def _segment_and_explain(model: Any, hu_slices: np.ndarray, lung_slices: np.ndar
             pi = torch.softmax(model.net(torch.flip(x, dims=list(dims))).float(), dim=1)
             p = p + torch.flip(pi, dims=list(dims))
         p = p / len(flips)
-    probs = np.asarray(model.restore(p, box, hu_slices.shape[-2:]))
-    labels = labels_of(probs, idx)
+    labels, prob = segment.labels_on_device(p, box, hu_slices.shape[-2:])
+    labels = constrain(labels, idx)
     rows = [j for j in range(len(idx)) if options.cam == "all" or labels[j].any()]
     if rows:
         t = time.perf_counter()
         maps, outside = rec.maps(rec.region_weights(labels, box), box, hu_slices.shape[-2:], lung_slices, rows)
         store_cam([idx[j] for j in rows], maps, outside)
         cam_s[0] += time.perf_counter() - t
-    return probs, labels
+    return labels, prob
 
 
 def cam_slice_indices(lesion: np.ndarray, which: str) -> list[int]:
@@ -392,9 +392,9 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
         warnings.append("No lung was found in this series, so no lesion can be reported; "
                         "check that it is a chest CT that covers the lungs.")
 
-    # segment_batch is looked up at call time so tests can stand in a fake one
+    # segment_labels is looked up at call time so tests can stand in a fake one
     from ctscreen.inference import gradcam, segment
-    from ctscreen.inference.segment import labels_from_probs, thorax_box, tta_views
+    from ctscreen.inference.segment import thorax_box, tta_views
 
     views = tta_views(options.tta, model.device)
     cam_layer = (options.cam_layer or gradcam.default_layer(model)) if options.cam != "none" else ""
@@ -418,9 +418,10 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
     # through the network; their lesion_prob stays 0.
     todo_seg = [int(k) for k in np.flatnonzero(lung.reshape(nz, -1).any(axis=1))]
 
-    def labels_of(probs: np.ndarray, idx: list[int]) -> np.ndarray:
-        labels = labels_from_probs(probs)  # the rule the models were validated with (lesion: GGO + cons >= 0.5)
-        labels[lung[idx] == 0] = 0  # constrained to the lung, as measurements.constrain_to_lung does
+    def constrain(labels: np.ndarray, idx: list[int]) -> np.ndarray:
+        # labels follow the rule the models were validated with (lesion: GGO + cons >= 0.5, see
+        # segment.labels_from_probs), constrained to the lung as measurements.constrain_to_lung does
+        labels[lung[idx] == 0] = 0
         return labels
 
     def store_cam(idx: list[int], maps: np.ndarray, outside: np.ndarray) -> None:
@@ -430,18 +431,17 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
 
     def seg(m: Any, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
         if not (fused and m.device.type in FUSED_CAM_DEVICES):
-            probs = np.asarray(segment.segment_batch(m, hu[idx], box, tta=options.tta))
-            return probs, labels_of(probs, idx)
-        probs, labels = _segment_and_explain(m, hu[idx], lung[idx], box, options, views, cam_layer,
-                                             labels_of, idx, store_cam, cam_s)
-        return probs, labels
+            labels, prob = segment.segment_labels(m, hu[idx], box, tta=options.tta)
+            return constrain(np.asarray(labels), idx), prob
+        return _segment_and_explain(m, hu[idx], lung[idx], box, options, views, cam_layer,
+                                    constrain, idx, store_cam, cam_s)
 
     lesion_slices_seen = [0]
 
     def store_seg(idx: list[int], out: tuple[np.ndarray, np.ndarray]) -> None:
-        probs, labels = out
+        labels, prob = out
         lesion[idx] = labels
-        lesion_prob[idx] = (probs[:, GGO] + probs[:, CONSOLIDATION]).astype(np.float16)
+        lesion_prob[idx] = prob
         lesion_slices_seen[0] += int(np.count_nonzero(labels.reshape(len(idx), -1).any(axis=1)))
 
     def seg_eta(done: int, total: int, spent_s: float) -> float:
