@@ -697,8 +697,9 @@ def _pockets_in_crop(mb: np.ndarray, skin_mm: np.ndarray, blocked: np.ndarray, p
 
 
 #: Offsets of the 5 x 5 ring around a mouth pixel, and half of the 8-neighbourhood (each pair once).
-_RING_5 = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
-_HALF_8 = [(0, 1), (1, -1), (1, 0), (1, 1)]
+_RING_DY, _RING_DX = (a.reshape(1, -1) for a in np.mgrid[-2:3, -2:3])
+_HALF_DY = np.array([[0, 1, 1, 1]])
+_HALF_DX = np.array([[1, -1, 0, 1]])
 
 
 def _mouths_along_chest_wall(cand: np.ndarray, lab: np.ndarray, my: np.ndarray, mx: np.ndarray,
@@ -722,29 +723,22 @@ def _mouths_along_chest_wall(cand: np.ndarray, lab: np.ndarray, my: np.ndarray, 
     ok = np.zeros(n, dtype=bool)
     if npx == 0:
         return ok
-    keys = []
-    for dy, dx in _RING_5:
-        d = mouth_img[py + 2 + dy, px + 2 + dx]
-        hit = np.nonzero(d)[0]
-        keys.append(d[hit].astype(np.int64) * npx + hit)
-    keys = np.unique(np.concatenate(keys))  # node = dent * npx + pleura pixel, sorted
+    d = mouth_img[py[:, None] + 2 + _RING_DY, px[:, None] + 2 + _RING_DX]  # (pleura pixel, ring offset)
+    hit, _ = np.nonzero(d)
+    keys = np.unique(d[d > 0].astype(np.int64) * npx + hit)  # node = dent * npx + pleura pixel, sorted
     if keys.size == 0:
         return ok
     node_dent = keys // npx
     node_pix = keys % npx
     pidx = np.full((ny + 2, nx + 2), -1, np.int64)
     pidx[py + 1, px + 1] = np.arange(npx)
-    rows, cols = [], []
-    for dy, dx in _HALF_8:
-        q = pidx[py[node_pix] + 1 + dy, px[node_pix] + 1 + dx]
-        has = q >= 0
-        other = node_dent[has] * npx + q[has]
-        j = np.searchsorted(keys, other)
-        j[j == keys.size] = 0
-        linked = keys[j] == other
-        rows.append(np.nonzero(has)[0][linked])
-        cols.append(j[linked])
-    comp = _components(keys.size, np.concatenate(rows), np.concatenate(cols))
+    q = pidx[py[node_pix][:, None] + 1 + _HALF_DY, px[node_pix][:, None] + 1 + _HALF_DX]  # (node, offset)
+    node, off = np.nonzero(q >= 0)
+    other = node_dent[node] * npx + q[node, off]
+    j = np.searchsorted(keys, other)
+    j[j == keys.size] = 0
+    linked = keys[j] == other
+    comp = _components(keys.size, node[linked], j[linked])
     n_comp = int(comp.max()) + 1
     comp_dent = np.zeros(n_comp, np.int64)
     comp_dent[comp] = node_dent
