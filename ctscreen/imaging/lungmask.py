@@ -241,12 +241,16 @@ _STRUCT_2D_IN_3D[1] = ndi.generate_binary_structure(2, 1)
 
 def _split_air(air: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per slice: air inside the body, and the body (all not reached from the border through air)."""
-    lab, n = ndi.label(air, structure=_STRUCT_2D_IN_3D)
-    border = np.zeros(n + 1, dtype=bool)
-    for edge in (lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]):
-        border[np.unique(edge)] = True
-    border[0] = False
-    outside = border[lab]
+    outside = np.zeros_like(air)
+    for k in range(air.shape[0]):  # 4-connected per slice (OpenCV's labelling is several times ndimage's speed)
+        n, lab = cv2.connectedComponents(np.ascontiguousarray(air[k]).view(np.uint8), connectivity=4)
+        if n <= 1:
+            continue
+        border = np.zeros(n, dtype=bool)
+        for edge in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
+            border[edge] = True
+        border[0] = False
+        outside[k] = border[lab]
     return air & ~outside, ~outside
 
 
