@@ -231,6 +231,7 @@ def test_exports_ask_before_overwriting(window, qtbot, tmp_path):
 
     with qtbot.waitSignal(ui.exporter.finished, timeout=20000):
         assert ui.export("report_json", str(report))
+    assert not ui.exporter.busy  # free again as soon as it says it finished
     assert report.exists() and asked == []
     report.write_text("keep me")
     assert not ui.export("report_json", str(report))  # declined

@@ -53,6 +53,7 @@ class Exporter(QObject):
         self.include_patient = False
         #: Replaced in tests; returns True to overwrite.
         self.ask_overwrite: Callable[[list[Path]], bool] = self._ask_overwrite
+        self._retiring: set[GeneratorWorker] = set()
         #: Replaced in tests; returns the chosen path or "" (cancelled).
         self.choose_path: Callable[[str, str, bool], str] = self._choose_path
 
@@ -121,8 +122,10 @@ class Exporter(QObject):
         }
         self.last_folder = str(target_path if folder else target_path.parent)
         worker = GeneratorWorker(_run, jobs[kind])
-        worker.returned.connect(lambda written: self._done(kind, target_path, written))
-        worker.errored.connect(lambda exc: self.failed.emit(f"export failed: {exc}"))
+        # Release the exporter before telling anyone it finished: a listener may start the next
+        # export straight from the ``finished``/``failed`` signal.
+        worker.returned.connect(lambda written: (self._release(worker), self._done(kind, target_path, written)))
+        worker.errored.connect(lambda exc: (self._release(worker), self.failed.emit(f"export failed: {exc}")))
         worker.finished.connect(lambda: self._finished(worker))
         self._worker = worker
         worker.start()
@@ -136,7 +139,12 @@ class Exporter(QObject):
         else:
             self.finished.emit(f"Wrote {target}")
 
-    def _finished(self, worker: GeneratorWorker) -> None:
+    def _release(self, worker: GeneratorWorker) -> None:
         if self._worker is worker:
             self._worker = None
+            self._retiring.add(worker)  # keep it alive until its thread has ended
+
+    def _finished(self, worker: GeneratorWorker) -> None:
+        self._release(worker)
+        self._retiring.discard(worker)
         worker.deleteLater()
