@@ -174,11 +174,13 @@ def iter_lung_mask_from_hu(
     # 2-3. air inside the body.
     air = small < AIR_HU
     inside_air, body = _split_air(air)
+    del air  # each step below drops what it no longer needs: the peak is the sum of what is alive
     yield 0.12
 
     # 4. large air components reaching the upper half of the chest.
     superior_first = _superior_is_low_index(direction)
     lungs = _select_lung_components(inside_air, spacing, superior_first)
+    del inside_air
     yield 0.18
 
     # 5. large airways.
@@ -189,6 +191,7 @@ def iter_lung_mask_from_hu(
 
     # 6. right / left.
     labels = _split_right_left(lungs, spacing, direction)
+    del lungs
     yield 0.5
 
     # 7. closing, pleural dents and hole filling per lung; keep airways out.
@@ -196,6 +199,7 @@ def iter_lung_mask_from_hu(
     cross = _disk_struct_2d(1)[0].astype(np.uint8)
     for k in np.nonzero(airway.any(axis=(1, 2)))[0]:
         labels[k][cv2.dilate(airway[k].view(np.uint8), cross).astype(bool)] = 0
+    del airway, body
     yield 0.95
 
     # 8. back to the full grid.
@@ -207,11 +211,29 @@ def iter_lung_mask_from_hu(
 # ----------------------------------------------------------------------------- helpers
 
 
+#: Voxels of the full grid per slab of :func:`_block_mean` (its integer sums and padding are per slab,
+#: so their memory stays a few MB instead of twice the volume).
+_SLAB_VOXELS = 1 << 22
+
+
 def _block_mean(hu: np.ndarray, fy: int, fx: int) -> np.ndarray:
-    """Mean over fy x fx in-plane blocks (edges padded with air)."""
+    """Mean over fy x fx in-plane blocks (edges padded with air).
+
+    Slices are independent, so the work runs on slabs of slices written into the
+    float32 result; each voxel gets the same sum in the same order as one pass over the volume.
+    """
     nz, ny, nx = hu.shape
     if fy == 1 and fx == 1:
         return hu.astype(np.float32)
+    out = np.empty((nz, -(-ny // fy), -(-nx // fx)), dtype=np.float32)
+    step = max(1, _SLAB_VOXELS // max(1, ny * nx))
+    for z in range(0, nz, step):
+        out[z:z + step] = _block_mean_slab(hu[z:z + step], fy, fx)
+    return out
+
+
+def _block_mean_slab(hu: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    nz, ny, nx = hu.shape
     py, px = (-ny) % fy, (-nx) % fx
     a = hu
     if py or px:
@@ -237,6 +259,32 @@ def _block_mean(hu: np.ndarray, fy: int, fx: int) -> np.ndarray:
 
 _STRUCT_2D_IN_3D = np.zeros((3, 3, 3), dtype=bool)
 _STRUCT_2D_IN_3D[1] = ndi.generate_binary_structure(2, 1)
+
+
+def _label(mask: np.ndarray, structure: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """``ndimage.label`` with uint16 labels when there are fewer than 65536 components, else int32.
+
+    The same numbering either way (ndimage labels in the same scan order); uint16
+    halves the labelled volume's bytes, and most masks here have a few hundred components.
+    """
+    try:
+        return ndi.label(mask, structure=structure, output=np.uint16)
+    except RuntimeError:  # more components than uint16 holds
+        return ndi.label(mask, structure=structure)
+
+
+def _label_sizes(lab: np.ndarray, n: int) -> np.ndarray:
+    """``np.bincount(lab.ravel(), minlength=n + 1)`` by slabs of slices.
+
+    bincount casts its input to intp (8 bytes a voxel); by slabs that copy stays a few MB.
+    """
+    sizes = np.zeros(n + 1, dtype=np.intp)
+    if lab.ndim < 2 or lab.size == 0:
+        return sizes + np.bincount(lab.ravel(), minlength=n + 1)[: n + 1]
+    step = max(1, _SLAB_VOXELS // max(1, lab[0].size))
+    for z in range(0, lab.shape[0], step):
+        sizes += np.bincount(lab[z:z + step].ravel(), minlength=n + 1)
+    return sizes
 
 
 def _split_air(air: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -276,10 +324,10 @@ def _superior_is_low_index(direction: np.ndarray) -> bool:
 def _select_lung_components(
     inside_air: np.ndarray, spacing: tuple[float, float, float], superior_first: bool
 ) -> np.ndarray:
-    lab, n = ndi.label(inside_air)
+    lab, n = _label(inside_air)
     if n == 0:
         return np.zeros_like(inside_air)
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    sizes = _label_sizes(lab, n)
     sizes[0] = 0
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
     biggest = int(np.argmax(sizes))
@@ -425,8 +473,8 @@ def _split_right_left(lungs: np.ndarray, spacing, direction: np.ndarray) -> np.n
     labels = np.zeros(lungs.shape, dtype=np.uint8)
     if not lungs.any():
         return labels
-    lab, n = ndi.label(lungs)
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    lab, n = _label(lungs)
+    sizes = _label_sizes(lab, n)
     sizes[0] = 0
     order = np.argsort(sizes)[::-1]
     a, b = int(order[0]), int(order[1]) if n >= 2 else 0
@@ -435,6 +483,7 @@ def _split_right_left(lungs: np.ndarray, spacing, direction: np.ndarray) -> np.n
         # Other kept components: give them to the nearer lung below.
     else:
         seeds = _erode_until_two(lab == a)
+    del lab  # not needed any more; frees its bytes before the feature transform below
     if seeds is None:
         # One lung only: decide its side from where it lies.
         side = LEFT if _lps_x_of_centroid(lungs, spacing, direction) > _body_center_x(lungs, spacing, direction) else RIGHT
@@ -466,19 +515,21 @@ def _erode_until_two(mask: np.ndarray, max_iter: int = 12) -> list[np.ndarray] |
     """
     box = ndi.find_objects(mask.astype(np.uint8))[0]
     sub = mask[box]
-    dist = np.empty(sub.shape, dtype=np.float32)
+    # City-block distances are whole numbers; only "> it" for it <= max_iter is asked, so
+    # uint8 capped at 255 gives the same answers as float32 with a quarter of the bytes.
+    dist = np.empty(sub.shape, dtype=np.uint8)
     for k in range(sub.shape[0]):
         # Zero ring: OpenCV does not count the outside of the image as background.
         d = cv2.distanceTransform(np.pad(sub[k].view(np.uint8), 1), cv2.DIST_L1, 3)
-        dist[k] = d[1:-1, 1:-1]
+        dist[k] = np.minimum(d[1:-1, 1:-1], 255)
     for it in range(1, max_iter + 1):
         cur = dist > it
-        lab, n = ndi.label(cur)
+        lab, n = _label(cur)
         if n < 2:
             if n == 0:
                 return None
             continue
-        sizes = np.bincount(lab.ravel())
+        sizes = _label_sizes(lab, n)
         sizes[0] = 0
         order = np.argsort(sizes)[::-1]
         a, b = int(order[0]), int(order[1])
@@ -520,22 +571,27 @@ def _close_and_fill(labels: np.ndarray, spacing, body: np.ndarray) -> np.ndarray
     px_mm = float(spacing[2])
     out = np.zeros_like(labels)
     pad = r_px + 1
-    skin_dist: dict[int, np.ndarray] = {}
     max_island_px = MAX_ISLAND_MM2 / (float(spacing[1]) * float(spacing[2]))
     dropped = np.zeros(labels.shape, dtype=bool)
-    for side in (RIGHT, LEFT):
-        m = labels == side
-        zs = np.nonzero(m.any(axis=(1, 2)))[0]
-        closed = np.zeros_like(m)
-        for k in zs:
-            if k not in skin_dist:
-                skin_dist[k] = cv2.distanceTransform(body[k].astype(np.uint8), cv2.DIST_L2, 5) * px_mm
+    sides = (RIGHT, LEFT)
+    closed = {side: np.zeros(labels.shape, dtype=bool) for side in sides}
+    # Slice by slice, both lungs of a slice together: the distance under the skin is computed
+    # once per slice and dropped after it, instead of kept for the whole volume (the work of
+    # each lung and slice does not depend on the order).
+    for k in np.nonzero(labels.reshape(labels.shape[0], -1).any(axis=1))[0]:
+        skin_k = None
+        for side in sides:
+            m_k = labels[k] == side
+            if not m_k.any():
+                continue
+            if skin_k is None:
+                skin_k = cv2.distanceTransform(body[k].astype(np.uint8), cv2.DIST_L2, 5) * px_mm
             # Everything below stays inside the lung's bounding box (a closing and the convex hull do),
             # so it runs on that box with the margin the pleural pockets look at.
-            crop = _bbox(m[k], 4)
-            mk = m[k][crop]
+            crop = _bbox(m_k, 4)
+            mk = m_k[crop]
             lk = labels[k][crop]
-            skin = skin_dist[k][crop]
+            skin = skin_k[crop]
             blocked = (lk > 0) & (lk != side)
             core, islands = _split_islands(mk, max_island_px)
             # Judge the islands against the lung without them, so that a stray one
@@ -549,12 +605,15 @@ def _close_and_fill(labels: np.ndarray, spacing, body: np.ndarray) -> np.ndarray
                 if stray.any():
                     dropped[k][crop] |= stray
                     mk = mk & ~stray
-            closed[k][crop] = _close_with_pockets(mk, kernel, pad, skin, blocked, px_mm)
-        if not closed.any():
+            closed[side][k][crop] = _close_with_pockets(mk, kernel, pad, skin, blocked, px_mm)
+    for side in sides:
+        c = closed.pop(side)
+        if not c.any():
             continue
-        box = _padded_box(closed, 1)
-        closed[box] = _fill_holes(closed[box], spacing)
-        out[closed & (out == 0)] = side
+        box = _padded_box(c, 1)
+        c[box] = _fill_holes(c[box], spacing)
+        out[c & (out == 0)] = side
+        del c
     # Where the closings overlap, the original label wins (stray islands are not restored).
     orig = (labels > 0) & ~dropped
     out[orig] = labels[orig]
@@ -824,8 +883,9 @@ def _fill_holes(mask: np.ndarray, spacing) -> np.ndarray:
     when they are closed in 3-D as well (a lesion or nodule inside the lung).
     """
     lab, enclosed = _enclosed(~mask, _STRUCT_2D_IN_3D, in_plane=True)
-    areas_mm2 = np.bincount(lab.ravel(), minlength=enclosed.size) * (spacing[1] * spacing[2])
+    areas_mm2 = _label_sizes(lab, enclosed.size - 1) * (spacing[1] * spacing[2])
     out = mask | (enclosed & (areas_mm2 <= MAX_SLICE_HOLE_MM2))[lab]
+    del lab
     # The 3-D fill, as ndimage.binary_fill_holes (6-connected, every face of the box is outside) but
     # with one labelling instead of an iterated dilation.
     lab, enclosed = _enclosed(~out, None, in_plane=False)
@@ -837,7 +897,7 @@ def _enclosed(free: np.ndarray, structure, in_plane: bool) -> tuple[np.ndarray, 
 
     With ``in_plane`` only the four in-plane sides count as border (per-slice holes).
     """
-    lab, n = ndi.label(free, structure=structure)
+    lab, n = _label(free, structure=structure)
     border = np.zeros(n + 1, dtype=bool)
     faces = [lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]]
     if not in_plane:
