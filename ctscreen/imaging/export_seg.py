@@ -131,7 +131,9 @@ def _put(ds: Dataset, keyword: str, value: Any) -> None:
 def _source_datasets(volume: Any) -> list[Any]:
     """One header dataset (no pixel data) per display slice, matched by SOP Instance UID, ours to add to.
 
-    Read from ``volume.source_files``; falls back to copies of ``volume.headers``.
+    The headers the loader read (``volume.headers``) are used as they are - the same
+    elements the files hold, without reading a few hundred files again; a slice
+    without one is read from ``volume.source_files``. The source files are never written.
     """
     uids = [str(u) for u in volume.sop_instance_uids]
     if len(uids) != volume.shape[0] or not all(uids):
@@ -141,21 +143,21 @@ def _source_datasets(volume: Any) -> list[Any]:
                           "series only for now \u2014 export PNG/report instead")
     by_uid: dict[str, Any] = {}
     wanted = set(uids)
-    for f in dict.fromkeys(volume.source_files):
-        if len(by_uid) == len(wanted):
-            break
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - moved/deleted/unreadable: fall back to the loaded headers
-            continue
-        uid = str(ds.get("SOPInstanceUID", ""))
-        if uid in wanted:
-            by_uid[uid] = ds
+    for h in volume.headers:
+        uid = str(getattr(h, "SOPInstanceUID", "") or "")
+        if uid in wanted and uid not in by_uid:
+            by_uid[uid] = _header_copy(h)
     if len(by_uid) < len(wanted):
-        for h in volume.headers:
-            uid = str(getattr(h, "SOPInstanceUID", "") or "")
+        for f in dict.fromkeys(volume.source_files):
+            if len(by_uid) == len(wanted):
+                break
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True)
+            except Exception:  # noqa: BLE001 - moved/deleted/unreadable: reported below as not found
+                continue
+            uid = str(ds.get("SOPInstanceUID", ""))
             if uid in wanted and uid not in by_uid:
-                by_uid[uid] = _header_copy(h)
+                by_uid[uid] = ds
     missing = [u for u in uids if u not in by_uid]
     if missing:
         raise ExportError(f"{len(missing)} source image(s) of the series were not found (first: {missing[0]}) "
