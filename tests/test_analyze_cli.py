@@ -268,3 +268,79 @@ def test_patient_identity_only_with_include_patient(capsys, chest_folder, tiny_m
         reports[bool(flag)] = json.loads((out / "report.json").read_text())["series"]
     assert "patient_name" not in reports[False] and "patient_id" not in reports[False]
     assert "patient_name" in reports[True] and "patient_id" in reports[True]
+
+
+def test_seg_is_written_while_the_pngs_are(capsys, monkeypatch, chest_folder, tiny_model, tmp_path):
+    """The SEG (mostly Python) is built in a thread while the report and PNGs are written."""
+    import threading
+
+    from ctscreen.imaging import export_seg
+
+    seg_started, pngs_started = threading.Event(), threading.Event()
+    saw = {}
+    real_seg, real_exports = export_seg.write_seg, analyze_cli._write_exports
+
+    def seg_alongside(*a, **k):
+        seg_started.set()
+        saw["pngs while seg"] = pngs_started.wait(10)
+        return real_seg(*a, **k)
+
+    def pngs_alongside(*a, **k):
+        pngs_started.set()
+        saw["seg while pngs"] = seg_started.wait(10)
+        return real_exports(*a, **k)
+
+    monkeypatch.setattr(export_seg, "write_seg", seg_alongside)
+    monkeypatch.setattr(analyze_cli, "_write_exports", pngs_alongside)
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model,
+                                "--device", "cpu", "--cam", "none")
+    assert code == 0, stderr
+    assert saw == {"pngs while seg": True, "seg while pngs": True}
+    names = sorted(p.name for p in out.iterdir())
+    assert names[:3] == ["lesions_seg.dcm", "report.csv", "report.json"] and len(names) > 3
+    assert all(n.startswith("slice_") for n in names[3:])  # no staging folder left
+    assert "no DICOM SEG" not in stderr
+
+
+def test_interrupt_or_failure_beside_the_seg_thread_leaves_nothing(capsys, monkeypatch, chest_folder, tiny_model,
+                                                                   tmp_path):
+    """Ctrl-C while the SEG is still being built: the export waits for it, then removes everything."""
+    import time
+
+    from ctscreen.imaging import export_seg
+
+    real_seg, real_exports = export_seg.write_seg, analyze_cli._write_exports
+    done = []
+
+    def slow_seg(*a, **k):
+        time.sleep(0.5)
+        path = real_seg(*a, **k)  # writes into the staging folder after the interrupt
+        done.append(path)
+        return path
+
+    def interrupted(result, folder, png, seg, include_patient=False):
+        real_exports(result, folder, "none", False)
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with monkeypatch.context() as m:
+        m.setattr(export_seg, "write_seg", slow_seg)
+        m.setattr(analyze_cli, "_write_exports", interrupted)
+        code, stdout, _ = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model,
+                               "--device", "cpu", "--cam", "none")
+    assert code == 130 and stdout == ""
+    assert done, "the SEG thread finished before the staging folder was removed"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+    def disk_full(*a, **k):  # the SEG thread fails to write: the whole export fails, nothing half-written
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(export_seg, "write_seg", disk_full)
+        code, stdout, stderr = _run(capsys, str(chest_folder), "--out", str(tmp_path / "new"), "--model",
+                                    tiny_model, "--device", "cpu", "--cam", "none")
+    assert code == 2 and stdout == "" and "No space left on device" in stderr
+    assert not (tmp_path / "new").exists()

@@ -27,6 +27,7 @@ import dataclasses  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -195,6 +196,46 @@ def _write_seg_or_note(result: AnalysisResult, folder: Path, notes: list[str] | 
         return []
 
 
+class _Background:
+    """Run ``fn(*args)`` in a thread; :meth:`result` waits for it and returns its value or raises its error.
+
+    The SEG build is mostly Python while the PNG writers mostly release the GIL, so
+    the two overlap well. :meth:`result` waits through Ctrl-C (a second one too,
+    re-raised once the thread is done), so the staging folder is never removed
+    while the thread still writes into it.
+    """
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), name="ctscreen-seg", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Any, args: tuple) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            self._error = exc
+
+    def wait(self) -> BaseException | None:
+        """Wait for the thread, through Ctrl-C; returns the first interruption (None if none)."""
+        interrupted: BaseException | None = None
+        while self._thread.is_alive():
+            try:
+                self._thread.join()
+            except KeyboardInterrupt as exc:
+                interrupted = interrupted or exc
+        return interrupted
+
+    def result(self) -> Any:
+        interrupted = self.wait()
+        if interrupted is not None:
+            raise interrupted
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 def export_staged(result: AnalysisResult, out: Path, png: str, seg: bool, force: bool,
                   include_patient: bool = False, notes: list[str] | None = None) -> list[Path]:
     """Write every export into a staging folder in ``out``, then move them into place.
@@ -202,6 +243,7 @@ def export_staged(result: AnalysisResult, out: Path, png: str, seg: bool, force:
     An interruption before the move leaves ``out`` as it was (the staging folder
     is removed); one during the move removes the files already moved. A SEG that
     the source headers cannot make is left out with a line in ``notes`` (when given).
+    The SEG is built and written in a thread while the report and PNGs are written.
     """
     created = not out.exists()
     try:
@@ -216,9 +258,19 @@ def export_staged(result: AnalysisResult, out: Path, png: str, seg: bool, force:
     ok = False
     try:
         try:
-            written = _write_exports(result, staging, png, False, include_patient)
-            if seg and np.any(result.lesion):
-                written += _write_seg_or_note(result, staging, notes)
+            seg_notes: list[str] = []
+            job = (_Background(_write_seg_or_note, result, staging, None if notes is None else seg_notes)
+                   if seg and np.any(result.lesion) else None)
+            try:
+                written = _write_exports(result, staging, png, False, include_patient)
+            except BaseException:
+                if job is not None:  # it writes into staging: wait before staging goes
+                    job.wait()
+                raise
+            if job is not None:
+                written += job.result()
+                if notes is not None:
+                    notes.extend(seg_notes)
         except OSError as exc:
             raise ExportError(f"cannot write the results into {out}: {exc.strerror or exc}") from exc
         if not force:  # something appeared in out while we were analysing
