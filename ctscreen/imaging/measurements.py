@@ -238,13 +238,44 @@ def _nonzero_box(*arrays: np.ndarray) -> tuple[slice, slice, slice]:
         zs = np.flatnonzero(flat.any(axis=1))
         if zs.size == 0:
             continue
-        plane = a[zs].any(axis=0)
+        step = max(1, _SLAB_VOXELS // max(1, flat.shape[1]))
+        plane = np.zeros(a.shape[1:], dtype=bool)
+        for i in range(0, zs.size, step):  # a[zs] at once would copy every slice that holds a voxel
+            plane |= a[zs[i:i + step]].any(axis=0)
         any_yx = plane if any_yx is None else (any_yx | plane)
     if any_yx is None:
         return (slice(None), slice(0, 0), slice(0, 0))
     ys = np.flatnonzero(any_yx.any(axis=1))
     xs = np.flatnonzero(any_yx.any(axis=0))
     return (slice(None), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1))
+
+
+#: Voxels per slab of slices in the counting passes: their temporary codes stay a few MB.
+_SLAB_VOXELS = 1 << 22
+
+
+def _pair_counts(les_b: np.ndarray, lung_b: np.ndarray) -> np.ndarray:
+    """``counts[k, lesion label, lung label]``: voxels of slice ``k`` per pair of labels.
+
+    One bincount per slab of slices over uint8 codes ``9 * slice-in-slab + 3 * lesion + lung``
+    (int16 for larger slabs), so the temporaries are a few MB rather than 8 bytes a voxel.
+    """
+    nz = les_b.shape[0]
+    counts = np.zeros((nz, 3, 3), dtype=np.int64)
+    plane = int(np.prod(les_b.shape[1:]))
+    if plane == 0:
+        return counts
+    step = max(1, min(_SLAB_VOXELS // plane, 3000))  # 9 * 3000 codes fit int16
+    offsets = 9 * np.arange(step, dtype=np.int16)[:, None, None]
+    for z in range(0, nz, step):
+        les = les_b[z:z + step]
+        n = les.shape[0]
+        code = les.astype(np.int16)
+        code *= 3
+        code += lung_b[z:z + step]
+        code += offsets[:n]
+        counts[z:z + n] = np.bincount(code.ravel(), minlength=9 * n).reshape(n, 3, 3)
+    return counts
 
 
 def _percent(part: int, whole: int) -> float:
@@ -336,10 +367,7 @@ def measure(
     uids = list(sop_instance_uids) if sop_instance_uids is not None and len(sop_instance_uids) == nz else [None] * nz
     inums = list(instance_numbers) if instance_numbers is not None and len(instance_numbers) == nz else [None] * nz
 
-    # counts[k, 3 * lesion_label + lung_label]
-    code = les_b.astype(np.intp) * 3 + lung_b
-    code += 9 * np.arange(nz, dtype=np.intp)[:, None, None]
-    counts = np.bincount(code.ravel(), minlength=9 * nz).astype(np.int64).reshape(nz, 3, 3)
+    counts = _pair_counts(les_b, lung_b)
     # [slice, lesion label, lung label]; the pixels outside the box are (0, 0)
     counts[:, 0, 0] += int(np.prod(lesion.shape[1:])) - les_b.shape[1] * les_b.shape[2]
 
@@ -425,10 +453,19 @@ def count_lesions(lesion: np.ndarray, voxel_ml: float, min_volume_ml: float = MI
     zs = np.flatnonzero(sub.reshape(sub.shape[0], -1).any(axis=1))
     if zs.size == 0:
         return 0
-    lab, n = ndi.label(sub[zs[0]:zs[-1] + 1] > 0, structure=_CONNECTIVITY_26)
+    pieces = sub[zs[0]:zs[-1] + 1] > 0
+    try:  # uint16 labels where they fit: half the bytes of int32, the same numbering
+        lab, n = ndi.label(pieces, structure=_CONNECTIVITY_26, output=np.uint16)
+    except RuntimeError:
+        lab, n = ndi.label(pieces, structure=_CONNECTIVITY_26)
+    del pieces
     if n == 0:
         return 0
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    sizes = np.zeros(n + 1, dtype=np.intp)
+    step = max(1, _SLAB_VOXELS // max(1, lab[0].size))
+    for z in range(0, lab.shape[0], step):  # bincount's intp copy by slabs
+        sizes += np.bincount(lab[z:z + step].ravel(), minlength=n + 1)
+    sizes = sizes[1:]
     # A small tolerance so a piece of exactly the minimum is counted despite float rounding.
     return int(np.count_nonzero(sizes * voxel_ml >= min_volume_ml * (1 - 1e-9)))
 
