@@ -213,7 +213,7 @@ def iter_lung_mask_from_hu(
 
 #: Voxels of the full grid per slab of :func:`_block_mean` (its integer sums and padding are per slab,
 #: so their memory stays a few MB instead of twice the volume).
-_SLAB_VOXELS = 1 << 22
+_SLAB_VOXELS = 1 << 20
 
 
 def _block_mean(hu: np.ndarray, fy: int, fx: int) -> np.ndarray:

@@ -251,7 +251,7 @@ def _nonzero_box(*arrays: np.ndarray) -> tuple[slice, slice, slice]:
 
 
 #: Voxels per slab of slices in the counting passes: their temporary codes stay a few MB.
-_SLAB_VOXELS = 1 << 22
+_SLAB_VOXELS = 1 << 20
 
 
 def _pair_counts(les_b: np.ndarray, lung_b: np.ndarray) -> np.ndarray:
