@@ -39,7 +39,7 @@ def format_table(folder: str, scan: ScanResult) -> str:
     for i, s in enumerate(scan.series, 1):
         verdict = "analysable" if s.analysable else f"view only: {s.analysable_reason}"
         lines.append(
-            f"[{i}] {s.modality or '?':<3} {s.slice_count:>4} slices  {s.rows}x{s.columns}  "
+            f"[{i}] {s.modality or '?':<3} {s.slice_count:>4} {'slice ' if s.slice_count == 1 else 'slices'}  {s.rows}x{s.columns}  "
             f"{_spacing(s)}  {s.plane}  {s.series_description or '(no description)'}")
         lines.append(f"    UID {s.key}")
         lines.append(f"    {verdict}")
