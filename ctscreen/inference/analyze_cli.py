@@ -142,7 +142,7 @@ def pick_series(folder: Path, uid: str | None, notes: list[str] | None = None) -
         return info
     ct = [s for s in scan.series if s.modality == "CT"]
     if not ct:
-        found = ", ".join(f"{s.modality or 'unknown'} ({s.slice_count} slices)" for s in scan.series[:4])
+        found = ", ".join(f"{s.modality or 'unknown'} ({s.slice_count} slice{'' if s.slice_count == 1 else 's'})" for s in scan.series[:4])
         raise NotAnalysable(f"{folder} holds no CT series (found {found}) \u2014 ctscreen analyses chest CT only")
     ok = [s for s in ct if not s.analysable_reason]
     if not ok:
