@@ -106,6 +106,17 @@ def build_thin_series(source: str, dest: Path, repeat: int) -> dict:
             "source_step_mm": round(step, 4), "step_mm": round(thin, 4)}
 
 
+def _ctscreen_command() -> list[str]:
+    """The ``ctscreen`` entry point of this interpreter's environment (the venv need not be on PATH)."""
+    beside = Path(sys.executable).with_name("ctscreen")
+    if beside.is_file():
+        return [str(beside)]
+    exe = shutil.which("ctscreen")
+    if exe:
+        return [exe]
+    return [sys.executable, "-c", "import sys; from ctscreen.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
 def run_measured(argv: list[str], log: Path) -> dict:
     """Run ``argv`` as a child; its wall seconds, exit status and peak RSS (MB) from :func:`os.wait4`."""
     t = time.perf_counter()
@@ -138,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         build_s = time.perf_counter() - t0
         volume_mb = built["slices"] * built["rows"] * built["columns"] * 2 / MB
 
-        exe = shutil.which("ctscreen")
-        analyze_cmd = ([exe] if exe else [sys.executable, "-m", "ctscreen"]) + [
+        analyze_cmd = _ctscreen_command() + [
             "analyze", str(series), "--out", str(tmp / "out"), "--device", "cpu", "--png", "none", "--force"]
         analyze = run_measured(analyze_cmd, tmp / "analyze.log")
         load = run_measured([sys.executable, "-c", LOAD_ONLY, str(series)], tmp / "load.log")
