@@ -388,7 +388,7 @@ def test_cam_layer_box_computes_the_picked_layer_on_demand(window, qtbot, random
     expected, share = gradcam_for_result(load_model(str(random_weights), device="cpu"), result, k, "decoder2")
     shown = np.asarray(cam_item.image)
     assert cam_item.isVisible() and not np.allclose(shown, analysis_map)
-    np.testing.assert_allclose(shown, expected, atol=1e-5)
+    np.testing.assert_allclose(shown, expected, atol=5e-4)  # on-demand maps are kept as float16, like the result's
     totals = ui.results.totals.text()
     assert "Grad-CAM at decoder2" in totals and "Grad-CAM at decoder4" not in totals
     assert ui.overlays.result.cam_outside_fraction[k] == pytest.approx(share)
@@ -400,7 +400,7 @@ def test_cam_layer_box_computes_the_picked_layer_on_demand(window, qtbot, random
     view.set_slice(k + 1)
     qtbot.waitUntil(lambda: ui.cam.has_map("decoder2", k + 1) and not ui.cam.busy, timeout=120000)
     view.set_slice(k)
-    np.testing.assert_allclose(np.asarray(cam_item.image), expected, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(cam_item.image), expected, atol=5e-4)  # the cached float16 map
     view.set_slice(10)  # no lesion: no map at any layer, nothing computed
     assert not ui.cam.needs(10) and not cam_item.isVisible()
 

@@ -82,7 +82,8 @@ def compute_cam(job: CamJob, cancel: threading.Event) -> Generator[str, None, tu
             cam, outside = gradcam_for_result(model, job.result, job.index, job.layer)
         except ValueError as exc:  # e.g. a layer this model does not have
             raise CtscreenError(str(exc)) from exc
-    return job, np.ascontiguousarray(cam, dtype=np.float32), float(outside)
+    # float16 like AnalysisResult.cam (the maps land in a result copy; the drawing converts at use)
+    return job, np.ascontiguousarray(cam, dtype=np.float16), float(outside)
 
 
 class CamOnDemand(QObject):
