@@ -155,12 +155,17 @@ def main(argv: list[str] | None = None) -> int:
         load = run_measured([sys.executable, "-c", LOAD_ONLY, str(series)], tmp / "load.log")
         imports = run_measured([sys.executable, "-c", IMPORTS_ONLY], tmp / "imports.log")
 
+        cam_slices = None
+        rep = next((tmp / "out").rglob("report.json"), None) if (tmp / "out").is_dir() else None
+        if rep is not None:
+            cam_slices = len(json.loads(rep.read_text()).get("gradcam", {}).get("computed_slices", []))
         report = {
             "benchmark": "ctscreen analyze peak resident memory on a thin-slice series",
             "source": a.source,
             "repeat_slices": a.repeat_slices,
             "series": built,
             "slices": built["slices"],
+            "cam_slices": cam_slices,
             "volume_int16_mb": round(volume_mb, 1),
             "analyze_peak_mb": analyze["peak_mb"],
             "load_only_peak_mb": load["peak_mb"],
