@@ -16,13 +16,13 @@ import pytest
 from ctscreen import __version__
 from ctscreen.errors import ExportError
 from ctscreen.imaging import export
-from ctscreen.imaging.export_seg import CONSOLIDATION_TYPE, GGO_TYPE, display_to_stored
+from ctscreen.imaging.export_seg import CONSOLIDATION_TYPE, GGO_TYPE, build_seg, display_to_stored
 from ctscreen.imaging.result import CONSOLIDATION, GGO
 
 from test_export_fixtures import (CONS_HU, DISPLAY_AXIAL_DIRECTION, GGO_HU, load_series_by_hand, result_for,
                                   write_synthetic_series)
 
-P001 = Path("/work/shared/data/dicom/covid-ct-md/P001")
+P001 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom" / "covid-ct-md" / "P001"
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
@@ -241,3 +241,15 @@ def test_real_loader_orientations_round_trip(tmp_path, orientation):
         assert np.array_equal(px.astype(bool), want), f"{orientation}: frame of {uid}, segment {seg_no}"
     out = _dciodvfy(path)
     assert not [line for line in out.splitlines() if line.startswith("Error")], out
+
+
+def test_seg_build_does_not_echo_the_patient_name(tmp_path):
+    """highdicom warns about a one-component PatientName with the name in the message: not on our stderr."""
+    import warnings
+
+    write_synthetic_series(tmp_path / "series", patient_name="Lung_Dx-A0002")
+    result = result_for(_load_with("ctscreen", tmp_path / "series"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_seg(result)
+    assert not [w for w in caught if "Lung_Dx-A0002" in str(w.message)]

@@ -26,6 +26,7 @@ patient module (name, ID) - that is how DICOM links it to the study.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -312,27 +313,36 @@ def build_seg(result: Any, series_number: int = DEFAULT_SERIES_NUMBER,
     ]
     desc = series_description or f"ctscreen lesions {result.model_name}"[:64]
     try:
-        seg = hd.seg.Segmentation(
-            source_images=sources,
-            pixel_array=pixel_array,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions,
-            series_instance_uid=hd.UID(),
-            series_number=int(series_number),
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer="ctscreen",
-            manufacturer_model_name="ctscreen",
-            software_versions=__version__,
-            device_serial_number="0",
-            content_label="LESIONS",
-            content_description=RESEARCH_NOTICE[:64],
-            series_description=desc[:64],
-            omit_empty_frames=True,
-        )
+        with warnings.catch_warnings():
+            # highdicom checks the copied PatientName and warns with the name itself in the
+            # message: that would put the patient's name on stderr and in logs. The SEG copies
+            # the name as stored, so the warning tells the user nothing they can act on.
+            warnings.filterwarnings("ignore", message=r".*intended person name.*", category=UserWarning)
+            seg = _segmentation(hd, sources, pixel_array, descriptions, series_number, desc)
     except (ValueError, TypeError, AttributeError) as exc:
         raise ExportError(f"highdicom could not build the SEG for series {vol.series_instance_uid}: {exc}") from exc
     return seg
+
+
+def _segmentation(hd: Any, sources: Any, pixel_array: Any, descriptions: Any, series_number: int, desc: str) -> Any:
+    return hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=int(series_number),
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="ctscreen",
+        manufacturer_model_name="ctscreen",
+        software_versions=__version__,
+        device_serial_number="0",
+        content_label="LESIONS",
+        content_description=RESEARCH_NOTICE[:64],
+        series_description=desc[:64],
+        omit_empty_frames=True,
+    )
 
 
 def write_seg(result: Any, path: str | os.PathLike, force: bool = False,
