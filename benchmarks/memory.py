@@ -41,7 +41,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-DEFAULT_SOURCE = "/work/shared/data/dicom/covid-ct-md/P001"
+DEFAULT_SOURCE = str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom" / "covid-ct-md" / "P001")
 MB = 2 ** 20
 
 LOAD_ONLY = ("import sys\n"
