@@ -6,7 +6,7 @@ measurements + export), split by stage, slices, ms per slice, the projection to
 150 slices against the 60 s target for the CPU, and the on-demand Grad-CAM
 latency of one slice (the viewer's path, target 0.3 s on the CPU). The
 reference measured in the same run is the plain series load
-(:func:`ctscreen.imaging.dicom.load_series`), with every stage's ratio to it,
+(:func:`ctscreen.io.dicom.load_series`), with every stage's ratio to it,
 so numbers from a busy or a different machine can still be compared.
 
 Usage::
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the command sets it (ctscreen.inference.analyze_cli)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the command sets it (ctscreen.cli.analyze)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -35,7 +35,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ctscreen.cli import _parser  # noqa: E402
-from ctscreen.inference.analyze_cli import analyze_folder  # noqa: E402
+from ctscreen.cli.analyze import analyze_folder  # noqa: E402
 
 STAGES = ("scan", "model", "load", "lung_mask", "segmentation", "gradcam", "measurements", "export")
 TARGET_CPU_150_S = 60.0
@@ -49,7 +49,7 @@ def _sync(device: str) -> None:
 
 def reference_load_s(folder: str, repeat: int = 2) -> float:
     """Best of ``repeat`` plain loads of the series (the reference)."""
-    from ctscreen.imaging.dicom import load_series
+    from ctscreen.io.dicom import load_series
 
     best = float("inf")
     for _ in range(repeat):

@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--root", default=str(SHARED))
     args = ap.parse_args()
 
-    from ctscreen.imaging.dicom import load_series
+    from ctscreen.io.dicom import load_series
     from ctscreen.inference.pipeline import AnalyzeOptions, run_analysis
 
     out = {"benchmark": "dicom_lesions", "model": args.model or "default", "series": {}}

@@ -28,7 +28,7 @@ import numpy as np
 
 def time_ctscreen_load(folder: str, workers: int | None = None) -> dict:
     """One ctscreen load: total seconds, seconds to the first displayable slice, shape."""
-    from ctscreen.imaging.dicom import iter_load_series
+    from ctscreen.io.dicom import iter_load_series
 
     t0 = time.perf_counter()
     first_s = None
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     folder = str(Path(args.folder))
 
-    from ctscreen.imaging import dicom
+    from ctscreen.io import dicom
     if args.no_imagecodecs:
         dicom._jpeg8_decode = None
 

@@ -9,7 +9,7 @@ uncompressed. Then, each in its own child process:
 
 * ``ctscreen analyze TMP --out TMP_OUT --device cpu --png none --force`` (the
   command as a user runs it; Grad-CAM on the lesion slices, the default);
-* the reference: only :func:`ctscreen.imaging.dicom.load_series` on the same
+* the reference: only :func:`ctscreen.io.dicom.load_series` on the same
   folder, so figures from another machine or another series can be compared;
 * the import floor: a child that only imports the analyze command's modules
   (torch included) and loads no data.
@@ -45,10 +45,10 @@ DEFAULT_SOURCE = str(Path(__file__).resolve().parents[1].parent / "shared" / "da
 MB = 2 ** 20
 
 LOAD_ONLY = ("import sys\n"
-             "from ctscreen.imaging.dicom import load_series\n"
+             "from ctscreen.io.dicom import load_series\n"
              "v = load_series(sys.argv[1])\n"
              "print(v.hu.shape)\n")
-IMPORTS_ONLY = "import ctscreen.inference.analyze_cli, ctscreen.inference.pipeline, torch\n"
+IMPORTS_ONLY = "import ctscreen.cli.analyze, ctscreen.inference.pipeline, torch\n"
 
 
 def _ds(value: float) -> str:

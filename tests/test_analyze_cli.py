@@ -12,7 +12,7 @@ import torch
 
 from ctscreen import RESEARCH_NOTICE
 from ctscreen.cli import main
-from ctscreen.inference import analyze_cli
+from ctscreen.cli import analyze as analyze_cli
 from ctscreen.inference.models import LoadedModel, available_models, save_model
 from ctscreen.inference.nets import UNet
 
@@ -274,7 +274,7 @@ def test_seg_is_written_while_the_pngs_are(capsys, monkeypatch, chest_folder, ti
     """The SEG (mostly Python) is built in a thread while the report and PNGs are written."""
     import threading
 
-    from ctscreen.imaging import export_seg
+    from ctscreen.io import export_seg
 
     seg_started, pngs_started = threading.Event(), threading.Event()
     saw = {}
@@ -308,7 +308,7 @@ def test_interrupt_or_failure_beside_the_seg_thread_leaves_nothing(capsys, monke
     """Ctrl-C while the SEG is still being built: the export waits for it, then removes everything."""
     import time
 
-    from ctscreen.imaging import export_seg
+    from ctscreen.io import export_seg
 
     real_seg, real_exports = export_seg.write_seg, analyze_cli._write_exports
     done = []

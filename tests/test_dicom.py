@@ -13,8 +13,8 @@ import pytest
 
 from conftest import DICOM_DATA, P001, synthetic_series
 from ctscreen.errors import Cancelled, NotADicomSeries, UnsupportedTransferSyntax
-from ctscreen.imaging import dicom
-from ctscreen.imaging.dicom import iter_load_series, load_series, scan_folder
+from ctscreen.io import dicom
+from ctscreen.io.dicom import iter_load_series, load_series, scan_folder
 
 
 def drive(gen):
@@ -318,7 +318,7 @@ def test_info_table_and_exit_code(tmp_path, capsys):
 
 def test_info_run_info_writes_one_json_object(tmp_path):
     from argparse import Namespace
-    from ctscreen.imaging.info import run_info
+    from ctscreen.cli.info import run_info
     syn = synthetic_series(tmp_path, 3)
     buf = io.StringIO()
     assert run_info(Namespace(folder=str(syn.folder), json=True), out=buf) == 0

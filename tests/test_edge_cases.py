@@ -9,7 +9,7 @@ import pytest
 
 from conftest import EDGE_CASES
 from ctscreen.errors import NotADicomSeries
-from ctscreen.imaging.dicom import load_series, scan_folder
+from ctscreen.io.dicom import load_series, scan_folder
 
 # file -> (modality, shape, substring of not_analysable_reason or "" when analysable)
 LOADS = {

@@ -8,8 +8,8 @@ import stat
 import pytest
 
 from ctscreen.errors import ExportError
-from ctscreen.imaging import export
-from ctscreen.imaging.export import atomic_write, existing_outputs
+from ctscreen.io import export
+from ctscreen.io.export import atomic_write, existing_outputs
 
 
 def _leftovers(folder):

@@ -10,7 +10,7 @@ import pytest
 
 from ctscreen import RESEARCH_NOTICE
 from ctscreen.errors import ExportError
-from ctscreen.imaging import export, export_png
+from ctscreen.io import export, export_png
 from ctscreen.imaging.result import CONSOLIDATION, GGO
 
 from test_export_fixtures import DISPLAY_AXIAL_DIRECTION, FAKE_ID, FAKE_NAME, synthetic_result

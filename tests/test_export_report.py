@@ -14,8 +14,8 @@ import pytest
 
 from ctscreen import RESEARCH_NOTICE, __version__
 from ctscreen.errors import ExportError
-from ctscreen.imaging import export
-from ctscreen.imaging.export_report import CSV_COLUMNS, REPORT_SCHEMA_VERSION, SLICE_FIELDS
+from ctscreen.io import export
+from ctscreen.io.export_report import CSV_COLUMNS, REPORT_SCHEMA_VERSION, SLICE_FIELDS
 
 from test_export_fixtures import FAKE_ID, FAKE_NAME, synthetic_result
 

@@ -15,8 +15,8 @@ import pytest
 
 from ctscreen import __version__
 from ctscreen.errors import ExportError
-from ctscreen.imaging import export
-from ctscreen.imaging.export_seg import CONSOLIDATION_TYPE, GGO_TYPE, build_seg, display_to_stored
+from ctscreen.io import export
+from ctscreen.io.export_seg import CONSOLIDATION_TYPE, GGO_TYPE, build_seg, display_to_stored
 from ctscreen.imaging.result import CONSOLIDATION, GGO
 
 from test_export_fixtures import (CONS_HU, DISPLAY_AXIAL_DIRECTION, GGO_HU, load_series_by_hand, result_for,
@@ -29,7 +29,7 @@ SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 def _load_with(loader: str, folder: Path):
     if loader == "hand":
         return load_series_by_hand(folder)
-    from ctscreen.imaging.dicom import load_series
+    from ctscreen.io.dicom import load_series
     return load_series(folder)
 
 
@@ -174,7 +174,7 @@ def test_falls_back_to_loaded_headers_when_files_moved(synthetic, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not P001.is_dir(), reason=f"real series not present at {P001}")
 def test_real_series_p001(tmp_path):
-    from ctscreen.imaging.dicom import load_series
+    from ctscreen.io.dicom import load_series
 
     vol = load_series(P001)
     lesion = np.zeros(vol.shape, np.uint8)
@@ -217,7 +217,7 @@ def test_real_loader_orientations_round_trip(tmp_path, orientation):
     """Whatever flips/transposes ctscreen's loader applied, every SEG frame equals the mask on the stored grid."""
     from conftest import synthetic_series
 
-    from ctscreen.imaging.dicom import load_series
+    from ctscreen.io.dicom import load_series
 
     syn = synthetic_series(tmp_path, n=4, rows=6, cols=8, orientation=orientation)
     vol = load_series(syn.folder)

@@ -1,4 +1,4 @@
-"""The import rules of DEVELOPERS.md: Qt only in viewer/, torch not in imaging/.
+"""The import rules of DEVELOPERS.md: Qt only in viewer/, torch only in inference/ (and what runs it).
 
 Each part is imported in a fresh interpreter and the modules it pulled in are checked.
 """
@@ -29,6 +29,8 @@ def _loaded_after_import(mods: list[str]) -> set[str]:
 
 @pytest.mark.parametrize("part,forbidden", [
     ("imaging", ("torch", "PySide6", "pyqtgraph")),
+    ("io", ("torch", "PySide6", "pyqtgraph")),
+    ("cli", ("torch", "PySide6", "pyqtgraph")),  # at import: each command loads torch or Qt only when it runs
     ("inference", ("PySide6", "pyqtgraph")),
 ])
 def test_part_does_not_import(part, forbidden):

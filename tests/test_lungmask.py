@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from ctscreen.imaging.dicom import load_series
+from ctscreen.io.dicom import load_series
 from ctscreen.imaging.lungmask import LEFT, RIGHT, iter_lung_mask, lung_mask, lung_mask_from_hu
 from ctscreen.imaging.volume import Volume
 

@@ -24,8 +24,8 @@ from pydicom.uid import generate_uid
 
 from conftest import P001
 from ctscreen.errors import ExportError
-from ctscreen.imaging import export
-from ctscreen.imaging.dicom import load_series
+from ctscreen.io import export
+from ctscreen.io.dicom import load_series
 from ctscreen.imaging.result import CONSOLIDATION, GGO
 from test_export_fixtures import result_for
 from test_untidy import _analyze, _feet_first, _prone, digest, p001, slices, tiny_model, write  # noqa: F401

@@ -19,7 +19,7 @@ import torch
 from scipy import ndimage as ndi
 
 from ctscreen.errors import ExportError
-from ctscreen.imaging import export, export_png, lungmask, measurements
+from ctscreen.io import export, export_png, lungmask, measurements
 from ctscreen.inference import segment
 from ctscreen.inference.preprocess import hu_to_unit, resize_taps, slices_to_model_input, thorax_box, uses_area
 
@@ -86,7 +86,7 @@ def test_labels_on_device_equal_the_rule_on_restored_probabilities():
 @pytest.mark.skipif(not P001.is_dir(), reason=f"{P001} not present")
 def test_device_path_labels_agree_with_the_cpu_path_on_p001():
     """The whole device path (prepare there, restore there) against the OpenCV path, shipped model, P001."""
-    from ctscreen.imaging.dicom import load_series
+    from ctscreen.io.dicom import load_series
     from ctscreen.inference.models import load_model
 
     hu = np.asarray(load_series(P001).hu)

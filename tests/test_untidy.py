@@ -34,7 +34,7 @@ from pydicom.uid import (
 
 from conftest import P001
 from ctscreen.cli import main
-from ctscreen.imaging.dicom import load_series, scan_folder
+from ctscreen.io.dicom import load_series, scan_folder
 
 pytestmark = pytest.mark.skipif(not P001.is_dir(), reason="shared P001 series not found")
 
@@ -414,7 +414,7 @@ def test_untidy_folder_finds_the_series_and_modifies_nothing(p001, tmp_path):
 
 
 def test_several_ct_series_analyze_names_its_choice(p001, tmp_path, capsys, monkeypatch):
-    from ctscreen.inference import analyze_cli
+    from ctscreen.cli import analyze as analyze_cli
 
     a, b = slices(p001, 3), slices(p001, 4)
     for group, desc in ((a, "soft tissue 5 mm"), (b, "lung 2 mm")):
@@ -435,7 +435,7 @@ def test_several_ct_series_analyze_names_its_choice(p001, tmp_path, capsys, monk
 
 
 def test_equal_slice_counts_prefer_thinner_slices(p001, tmp_path):
-    from ctscreen.inference.analyze_cli import choose_series
+    from ctscreen.cli.analyze import choose_series
 
     for folder, dz in (("thick", 5.0), ("thin", 1.0)):
         group = slices(p001, 3)
@@ -493,7 +493,7 @@ def test_three_slices_analyse_and_sources_stay_untouched(p001, tmp_path, capsys,
 
 def test_seg_that_cannot_be_built_is_left_out_with_a_note(p001, tmp_path, capsys, tiny_model, monkeypatch):
     from ctscreen.errors import ExportError
-    from ctscreen.imaging import export_seg
+    from ctscreen.io import export_seg
 
     def refuse(*a, **k):
         raise ExportError("highdicom could not build the SEG: 'FileDataset' object has no attribute 'PixelSpacing'")

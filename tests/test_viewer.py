@@ -39,7 +39,7 @@ needs_p001 = pytest.mark.skipif(not P001.is_dir(), reason="../shared/data/dicom/
 def p001() -> Volume:
     if not P001.is_dir():
         pytest.skip("P001 not present")
-    from ctscreen.imaging.dicom import load_series
+    from ctscreen.io.dicom import load_series
     return load_series(P001)
 
 

@@ -43,7 +43,7 @@ FLAGGED_SLICE = 70
 def p001() -> Volume:
     if not P001.is_dir():
         pytest.skip("P001 not present")
-    from ctscreen.imaging.dicom import load_series
+    from ctscreen.io.dicom import load_series
     return load_series(P001)
 
 

@@ -1,6 +1,7 @@
-"""DICOM reading, volumes, windowing, lung mask, measurements and export.
+"""Image computation on volumes: ``Volume``, windowing, lung mask, measurements, analysis results.
 
-No Qt and no torch may be imported here.
+No Qt and no torch may be imported here. Reading DICOM and writing exports
+live in :mod:`ctscreen.io`.
 """
 
 from ctscreen.imaging.volume import Volume

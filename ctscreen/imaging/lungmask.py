@@ -302,7 +302,7 @@ def _split_air(air: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return air & ~outside, ~outside
 
 
-#: Standard axial layout of ctscreen volumes (see ``ctscreen.imaging.dicom``):
+#: Standard axial layout of ctscreen volumes (see ``ctscreen.io.dicom``):
 #: axis 0 towards the feet, axis 1 posterior, axis 2 towards the patient's left.
 _STANDARD_AXIAL = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
 

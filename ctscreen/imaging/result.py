@@ -1,7 +1,7 @@
 """The immutable result of one lesion analysis (no torch, no Qt).
 
 Produced by :func:`ctscreen.inference.pipeline.analyze`; consumed by the viewer,
-the exports (:mod:`ctscreen.imaging.export`) and the CLI.
+the exports (:mod:`ctscreen.io.export`) and the CLI.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Conventions (shared by imaging, inference and viewer):
   SliceThickness.
 * ``sop_instance_uids[k]``, ``instance_numbers[k]`` and ``z_mm[k]`` describe slice ``k``.
   ``z_mm[k]`` is the position of slice ``k`` along the slice normal.
-* Slice order (set by :mod:`ctscreen.imaging.dicom`): index 0 is the slice
+* Slice order (set by :mod:`ctscreen.io.dicom`): index 0 is the slice
   farthest along the positive patient axis closest to the slice normal. For an
   axial CT that is the **most superior slice** (the head end): the index grows
   towards the feet, ``direction[:, 0]`` is about ``(0, 0, -1)`` and ``z_mm``

@@ -249,7 +249,7 @@ class _Runner:
 
 
 def _load_volume(source: Any, tracker: _Tracker) -> Generator[Progress, None, Volume]:
-    from ctscreen.imaging.dicom import iter_load_series
+    from ctscreen.io.dicom import iter_load_series
 
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
@@ -324,7 +324,7 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
     Parameters
     ----------
     source : Volume, path or SeriesInfo
-        A loaded volume, or what :func:`ctscreen.imaging.dicom.load_series` accepts.
+        A loaded volume, or what :func:`ctscreen.io.dicom.load_series` accepts.
     options : AnalyzeOptions, optional
 
     Yields

@@ -1,4 +1,4 @@
-"""File → Export: the analysis written by :mod:`ctscreen.imaging.export`, off the GUI thread.
+"""File → Export: the analysis written by :mod:`ctscreen.io.export`, off the GUI thread.
 
 The writers are atomic and refuse to overwrite unless forced; here the user
 is asked first (one question listing the files that exist), and only a "Yes"
@@ -80,7 +80,7 @@ class Exporter(QObject):
     # -- the exports ------------------------------------------------------------------------------
     def export(self, kind: str, result: Any, path: str | None = None) -> bool:
         """Export ``result`` as ``kind`` (see :data:`EXPORT_KINDS`); returns False if nothing was started."""
-        from ctscreen.imaging import export
+        from ctscreen.io import export
 
         if result is None or self.busy:
             return False

@@ -65,7 +65,7 @@ def iter_thumbnails(series: Sequence[Any], cancel: threading.Event
     A series whose file cannot be decoded gets no thumbnail (the placeholder stays);
     a thumbnail is a nicety, never an error.
     """
-    from ctscreen.imaging import dicom
+    from ctscreen.io import dicom
     from ctscreen.viewer.display import Window, WindowLut
 
     lung = WindowLut(Window.preset("lung"))

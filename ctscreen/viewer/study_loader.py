@@ -16,7 +16,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from ctscreen.errors import Cancelled, NotADicomSeries
-from ctscreen.imaging import dicom
+from ctscreen.io import dicom
 from ctscreen.viewer.worker import GeneratorWorker
 
 
@@ -31,7 +31,7 @@ def series_slice_count(info: Any) -> int:
 
 def pick_series(scan: Any, uid: str | None = None) -> Any:
     """The series to open: ``uid`` (key or SeriesInstanceUID) if given, else the scan's first,
-    which :func:`~ctscreen.imaging.dicom.scan_folder` sorts largest analysable CT first.
+    which :func:`~ctscreen.io.dicom.scan_folder` sorts largest analysable CT first.
 
     Raises
     ------

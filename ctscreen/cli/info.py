@@ -11,7 +11,7 @@ import json
 import sys
 from typing import TextIO
 
-from ctscreen.imaging.dicom import ScanResult, SeriesInfo, no_series_error, scan_folder
+from ctscreen.io.dicom import ScanResult, SeriesInfo, no_series_error, scan_folder
 
 __all__ = ["format_table", "run_info", "scan_to_dict"]
 
@@ -48,6 +48,13 @@ def format_table(folder: str, scan: ScanResult) -> str:
     return "\n".join(lines)
 
 
+def add_parser(sub) -> None:
+    """The ``info`` subcommand's arguments."""
+    i = sub.add_parser("info", help="list the DICOM series in a folder")
+    i.add_argument("folder")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Entry point of ``ctscreen info`` (``args.folder``, ``args.json``)."""
     out = out or sys.stdout
@@ -60,3 +67,6 @@ def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
     else:
         out.write(format_table(args.folder, scan) + "\n")
     return 0
+
+
+run = run_info

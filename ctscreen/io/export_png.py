@@ -22,7 +22,7 @@ import numpy as np
 
 from ctscreen import RESEARCH_NOTICE, __version__
 from ctscreen.errors import ExportError
-from ctscreen.imaging.export import _fsync_dir, atomic_write, slice_png_name
+from ctscreen.io.files import atomic_write, fsync_dir, slice_png_name
 from ctscreen.imaging.result import CONSOLIDATION, GGO
 
 #: Overlay colours (RGB). Amber and magenta stay distinct for common colour-vision deficiencies.
@@ -348,7 +348,7 @@ def write_lesion_pngs(result: Any, out_dir: str | os.PathLike, force: bool = Fal
                 for f in futures:
                     f.cancel()
                 raise
-    _fsync_dir(out)
+    fsync_dir(out)
     return written
 
 

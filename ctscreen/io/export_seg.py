@@ -40,7 +40,7 @@ from pydicom.valuerep import DSfloat
 
 from ctscreen import RESEARCH_NOTICE, __version__
 from ctscreen.errors import ExportError
-from ctscreen.imaging.export import atomic_write
+from ctscreen.io.files import atomic_write
 from ctscreen.imaging.result import CONSOLIDATION, GGO
 
 #: Segmented Property Category: SCT 49755003 "Morphologically Abnormal Structure" (CID 7150).

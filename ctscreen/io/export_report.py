@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ctscreen import RESEARCH_NOTICE, __version__
-from ctscreen.imaging.export import atomic_write
+from ctscreen.io.files import atomic_write
 
 #: Bump the major part on incompatible changes, the minor part on additions.
 REPORT_SCHEMA_VERSION = "1.0"

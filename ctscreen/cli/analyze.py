@@ -1,5 +1,8 @@
 """``ctscreen analyze FOLDER --out DIR``: the lesion analysis without a window.
 
+Torch is imported only when the command runs (the model and the pipeline), so
+building the command line stays cheap.
+
 Research use, not for diagnosis.
 
 Steps: refuse early (existing outputs without ``--force``, missing model,
@@ -36,11 +39,10 @@ import numpy as np  # noqa: E402
 
 from ctscreen import RESEARCH_NOTICE  # noqa: E402
 from ctscreen.errors import CtscreenError, ExportError, NotADicomSeries, NotAnalysable  # noqa: E402
-from ctscreen.imaging import export  # noqa: E402
+from ctscreen.io import export  # noqa: E402
 from ctscreen.imaging.result import CONSOLIDATION, GGO, AnalysisResult  # noqa: E402
 from ctscreen.progress import ProgressBar  # noqa: E402
 from ctscreen.inference.camlayers import CAM_LAYERS, arch_of_model, check_layer, unknown_layer_message  # noqa: E402
-from ctscreen.inference.pipeline import STAGE_LABELS, AnalyzeOptions, Progress, analyze  # noqa: E402
 
 STAGING_PREFIX = ".ctscreen-partial-"
 
@@ -123,7 +125,7 @@ def pick_series(folder: Path, uid: str | None, notes: list[str] | None = None) -
     When several series could be analysed, a line naming the chosen one and the others
     (with ``--series``) is appended to ``notes``.
     """
-    from ctscreen.imaging import dicom
+    from ctscreen.io import dicom
 
     if not folder.exists():
         raise NotADicomSeries(f"{folder} does not exist \u2014 choose a folder with a CT series")
@@ -167,7 +169,7 @@ def _write_exports(result: AnalysisResult, folder: Path, png: str, seg: bool,
     written = export.export_all(result, folder, png="lesions" if png == "all" else png, report=True,
                                 seg=seg, force=True, include_patient=include_patient)
     if png == "all":
-        from ctscreen.imaging.export_png import write_slice_png
+        from ctscreen.io.export_png import write_slice_png
 
         have = {p.name for p in written}
         for k in range(result.lesion.shape[0]):
@@ -184,7 +186,7 @@ def _write_seg_or_note(result: AnalysisResult, folder: Path, notes: list[str] | 
     A SEG is built from the source images' headers; a series that lacks what it needs
     (positions, spacing...) still has a complete report and PNGs, so the run goes on.
     """
-    from ctscreen.imaging.export_seg import write_seg
+    from ctscreen.io.export_seg import write_seg
 
     try:
         return [write_seg(result, folder / export.SEG_NAME, force=True)]
@@ -388,6 +390,8 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
         for line in choice:  # before the long run: which series is being analysed
             print(f"ctscreen analyze: {line}", file=progress_stream or sys.stderr)
 
+    from ctscreen.inference.pipeline import STAGE_LABELS, AnalyzeOptions, analyze
+
     options = AnalyzeOptions(model=model, cam=cam, cam_layer=cam_layer,
                              batch_size=int(getattr(args, "batch_size", 0) or 8))
     bar = ProgressBar(stream=progress_stream, enabled=show_progress)
@@ -395,7 +399,7 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
     try:
         while True:
             try:
-                p: Progress = next(gen)
+                p = next(gen)
             except StopIteration as stop:
                 result: AnalysisResult = stop.value
                 break
@@ -417,8 +421,29 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
                       notes=tuple(notes))
 
 
+def add_parser(sub: Any) -> None:
+    """The ``analyze`` subcommand's arguments."""
+    a = sub.add_parser("analyze", help="segment lesions and write the report headless")
+    a.add_argument("folder")
+    a.add_argument("--out", required=True, help="output folder")
+    a.add_argument("--model", default=None, help="unet|deeplab or a weights file (default: the shipped default)")
+    a.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+    a.add_argument("--series", help="SeriesInstanceUID (default: the analysable axial CT series with the most "
+                                    "slices, named on stderr when there are several; `ctscreen info` lists them)")
+    a.add_argument("--png", choices=("none", "lesions", "all", "montage"), default="lesions")
+    a.add_argument("--no-seg", action="store_true", help="do not write the DICOM Segmentation object")
+    a.add_argument("--cam", choices=("none", "lesions", "all"), default="lesions",
+                   help="slices to compute Grad-CAM for")
+    a.add_argument("--cam-layer", metavar="NAME", default=None,
+                   help="network layer for Grad-CAM (unet: decoder4 (default), decoder3, decoder2, decoder1, "
+                        "bottleneck; deeplab: aspp (default), decoder, layer3, layer2)")
+    a.add_argument("--force", action="store_true", help="overwrite existing output files")
+    a.add_argument("--include-patient", action="store_true",
+                   help="burn patient name and ID into the PNGs and write them into report.json (left out by default)")
+
+
 def run_analyze(args: argparse.Namespace) -> int:
-    """Entry point of ``ctscreen analyze`` (see :mod:`ctscreen.cli` for the arguments).
+    """Entry point of ``ctscreen analyze`` (arguments: :func:`add_parser`).
 
     Returns 0 on success; failures raise :class:`ctscreen.errors.CtscreenError`
     (``cli.main`` prints the one-line reason and exits 2).
@@ -434,3 +459,6 @@ def run_analyze(args: argparse.Namespace) -> int:
         print(f"ctscreen analyze: {_one_line(line)}", file=sys.stderr)
     print(summary(run.result, run.out, list(run.written), run.total_s))
     return 0
+
+
+run = run_analyze
