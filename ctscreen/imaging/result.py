@@ -52,6 +52,9 @@ class AnalysisResult:
         Seconds per stage (load, lung_mask, segmentation, gradcam, measurements, export).
     warnings : tuple of str
         Things the user should know (fallback to CPU, slices skipped, ...).
+    screening : Any
+        :class:`ctscreen.imaging.screening.Screening` (the RSNA reporting category with its
+        criteria, and the classifier's probabilities), or None when not computed.
     thorax_box : tuple of int
         ``(y0, y1, x0, x1)`` crop every slice was resized from for the network;
         pass it to :func:`ctscreen.inference.gradcam.gradcam_slice` for more maps
@@ -72,6 +75,7 @@ class AnalysisResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     thorax_box: tuple[int, ...] = ()
+    screening: Any = None
 
     #: A slice whose Grad-CAM lies mostly outside the lung is flagged.
     CAM_OUTSIDE_FLAG = 0.5
