@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs ctscreen on a fresh Debian/Ubuntu machine into ./.venv:
-# the system libraries Qt needs (offscreen or on a desktop), dicom3tools (the
+# the system libraries Qt needs (offscreen, or on a desktop: the xcb platform plugin of
+# Qt >= 6.5 needs libxcb-cursor0 and the libxcb-* family), Xvfb (the real-X test), dicom3tools (the
 # DICOM validator the tests use), the CPU build of torch, then ctscreen with
 # its test extras. Usage: tools/install.sh   (from the repository root)
 set -euo pipefail
@@ -14,6 +15,9 @@ if command -v apt-get >/dev/null 2>&1; then
     $SUDO apt-get update -qq || echo "install.sh: apt-get update failed; trying the install anyway" >&2
     $SUDO apt-get install -y -qq --no-install-recommends \
         libegl1 libgl1 libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 libglib2.0-0 libdbus-1-3 \
+        libx11-xcb1 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 \
+        libxcb-randr0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxcb-xfixes0 libxcb-shm0 \
+        libxcb-sync1 libxcb-render0 libxrender1 libxi6 xvfb xauth \
         dicom3tools >/dev/null \
         || echo "install.sh: some system packages could not be installed (Qt may need libegl1/libxkbcommon0; dciodvfy tests will skip)" >&2
 fi
