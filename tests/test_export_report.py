@@ -83,6 +83,8 @@ def test_report_values(res, tmp_path):
     assert rep["gradcam"]["computed_slices"] == [k, k + 1]
     assert rep["gradcam"]["flagged_slices"] == [{"index": k, "slice_number": k + 1,
                                                  "sop_instance_uid": vol.sop_instance_uids[k],
+                                                 "instance_number": vol.instance_numbers[k],
+                                                 "z_mm": pytest.approx(vol.z_mm[k]),
                                                  "outside_lung_fraction": 0.8}]
 
 

@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import warnings as _warnings
 from collections.abc import Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 import dataclasses
@@ -65,6 +67,15 @@ from ctscreen.errors import (
     UnsupportedTransferSyntax,
 )
 from ctscreen.imaging.volume import Volume
+
+# De-identification tools often leave a UID blank-padded ("  ") or replace it by text; pydicom then
+# prints "Invalid value for VR UI" on the terminal each time such a header value is converted.
+# The loader reads those values raw and reports them once, in the series warnings
+# (:func:`_uid_note`), so pydicom's own line is kept off the user's terminal.
+_warnings.filterwarnings("ignore", message=r"Invalid value for VR UI", category=UserWarning)
+
+#: A valid DICOM UID (PS3.5 9.1): digits and dots, no empty or zero-led component, 64 characters at most.
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 __all__ = [
     "LoadProgress",
@@ -90,6 +101,25 @@ DUPLICATE_TOL_MM = 0.01
 #: Spacing that differs from the median by more than this is "uneven".
 UNEVEN_TOL_MM = 0.05
 MIN_SLICES_FOR_ANALYSIS = 3
+
+# Bounds on what a file's header may make the loader do (hostile or damaged input must
+# neither hang, nor exhaust memory, nor reach the measurements with broken geometry).
+#: Bytes read (or inflated) at most to find a file's header; the rest is pixel data.
+HEADER_BUDGET_BYTES = 4 << 20
+#: Frames of one file counted at most (encapsulated pixel data is walked item by item).
+MAX_FRAMES_PER_FILE = 100_000
+#: ImageOrientationPatient: unit length and perpendicularity within this tolerance.
+ORIENTATION_TOL = 0.01
+#: |ImagePositionPatient| coordinates beyond this (100 m) are damage, not geometry.
+MAX_POSITION_MM = 1e5
+#: Plausible CT pixel size and slice distance; outside, the value is not used as it is.
+PIXEL_SPACING_RANGE_MM = (0.05, 20.0)
+SLICE_SPACING_RANGE_MM = (0.05, 50.0)
+#: Median HU of a CT outside this range means a wrong modality LUT (slope/intercept).
+CT_MEDIAN_HU_RANGE = (-1500.0, 3100.0)
+#: Share of the available memory a volume may take.
+MEMORY_SHARE = 0.8
+_DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 
 # Which installable plugin decodes which transfer syntax (for error messages).
 _PLUGIN_HINTS = {
@@ -143,6 +173,18 @@ class _Frame:
     slope: float
     intercept: float
     header: Any = field(repr=False, compare=False)
+    #: Frames of the file, checked against its pixel data (the count decoders are told).
+    n_frames: int = field(default=1, compare=False)
+    #: Where the file's pixel data lies (:class:`_PixelInfo`), when the header read found it.
+    pixel: Any = field(default=None, repr=False, compare=False)
+    #: Header values found invalid and not used: (kind, detail) pairs, reported per series.
+    problems: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    @property
+    def name(self) -> str:
+        """Short name for warnings: folder/file, with ``#frame`` for a frame of a multi-frame file."""
+        base = _short_path(self.path)
+        return base if self.frame is None else f"{base}#{self.frame + 1}"
 
 
 @dataclass(frozen=True)
@@ -356,7 +398,9 @@ def _functional_group(ds: Dataset, index: int, keyword: str) -> Dataset | None:
 
 def _frames_of(path: str, ds: Dataset) -> list[_Frame]:
     n_frames = _int_or_none(_text(ds, "NumberOfFrames")) or 1
-    sop = str(_text(ds, "SOPInstanceUID") or "") or path
+    # An empty SOPInstanceUID stays empty (never a file path: a path can carry a patient's name);
+    # such slices are identified by InstanceNumber and position.
+    sop = str(_text(ds, "SOPInstanceUID") or "")
     inst = _int_or_none(_text(ds, "InstanceNumber"))
     slope = _float_or(_text(ds, "RescaleSlope"), 1.0)
     intercept = _float_or(_text(ds, "RescaleIntercept"), 0.0)
@@ -370,7 +414,7 @@ def _frames_of(path: str, ds: Dataset) -> list[_Frame]:
         if n_frames == 1:
             return [_Frame(path, None, pos, ori, ps, inst, sop, slope, intercept, ds)]
         # Legacy multi-frame (MR, NM...): no per-frame geometry; frames in file order.
-        return [_Frame(path, i, None, ori, ps, i + 1, f"{sop}#{i + 1}", slope, intercept, ds)
+        return [_Frame(path, i, None, ori, ps, i + 1, f"{sop}#{i + 1}" if sop else "", slope, intercept, ds)
                 for i in range(n_frames)]
     frames = []
     for i in range(n_frames):
@@ -386,7 +430,7 @@ def _frames_of(path: str, ds: Dataset) -> list[_Frame]:
             _floats(po.get("ImageOrientationPatient"), 6) if po is not None else None,
             _floats(pm.get("PixelSpacing"), 2) if pm is not None else None,
             (_int_or_none(fc.get("InStackPositionNumber")) if fc is not None else None) or i + 1,
-            f"{sop}#{i + 1}",
+            f"{sop}#{i + 1}" if sop else "",
             f_slope if f_slope != 0.0 else 1.0,
             _float_or(pv.get("RescaleIntercept"), intercept) if pv is not None else intercept,
             ds,
@@ -530,7 +574,7 @@ def _arrange(frames: list[_Frame]) -> _Arrangement:
             names = ", ".join(_short_path(frames[i].path) for i in dups[:5])
             more = f" and {len(dups) - 5} more" if len(dups) > 5 else ""
             sops = {frames[i].sop_instance_uid for i in kept}
-            copies = sum(frames[i].sop_instance_uid in sops for i in dups)
+            copies = sum(bool(frames[i].sop_instance_uid) and frames[i].sop_instance_uid in sops for i in dups)
             what = (f" ({'all' if copies == len(dups) else copies} copies of the same image: "
                     "same SOPInstanceUID)") if copies else ""
             warnings.append(f"{len(dups)} slice(s) duplicate the position of another slice{what}; kept one "
@@ -642,6 +686,21 @@ def _fill_missing_positions(frames: list[_Frame], ori: tuple[float, ...]) -> tup
     return have, head + ": those slices were left out (InstanceNumber does not place them reliably)"
 
 
+def _uid_note(frames: list[_Frame]) -> str:
+    """One warning for empty or malformed SOPInstanceUIDs (read raw, so pydicom does not print its own), else ""."""
+    empty = sum(not f.sop_instance_uid for f in frames)
+    bad = [u for u in dict.fromkeys(f.sop_instance_uid.split("#")[0] for f in frames if f.sop_instance_uid)
+           if len(u) > 64 or not _UID_RE.match(u)]
+    notes = []
+    if empty:
+        notes.append(f"SOPInstanceUID is empty in {empty} of {len(frames)} images (removed by de-identification?): "
+                     "slices are identified by InstanceNumber and position, and no DICOM SEG can reference them")
+    if bad:
+        notes.append(f"{len(bad)} image(s) carry a SOPInstanceUID that is not a valid DICOM UID "
+                     f"(first: {bad[0][:64]!r}); other DICOM software may reject them")
+    return "; ".join(notes)
+
+
 def _series_info(key: str, frames: list[_Frame], extra_warnings: list[str]) -> SeriesInfo:
     hdr = frames[0].header
     arr = _arrange(frames)
@@ -660,6 +719,9 @@ def _series_info(key: str, frames: list[_Frame], extra_warnings: list[str]) -> S
         warnings.append(ps_note)
         if ps == (1.0, 1.0) and "1 mm pixels assumed" in ps_note:
             ps = None
+    uid_note = _uid_note(frames)
+    if uid_note:
+        warnings.append(uid_note)
     lossy = [f for f in frames if str(_get(f.header, "LossyImageCompression", "") or "").strip() == "01"
              or _transfer_syntax(f.header) in _LOSSY_SYNTAXES]
     if lossy:

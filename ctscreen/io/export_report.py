@@ -21,7 +21,7 @@ from ctscreen import RESEARCH_NOTICE, __version__
 from ctscreen.io.files import atomic_write
 
 #: Bump the major part on incompatible changes, the minor part on additions.
-REPORT_SCHEMA_VERSION = "1.0"
+REPORT_SCHEMA_VERSION = "1.1"
 
 #: Per-slice fields, in this order, in ``report.json`` ``slices[]`` and ``report.csv``.
 SLICE_FIELDS = (
@@ -74,7 +74,9 @@ def report_rows(result: Any) -> list[dict[str, Any]]:
     """The per-slice rows of ``result.measurements`` as plain dicts (fields: :data:`SLICE_FIELDS`).
 
     Identifiers (``sop_instance_uid``, ``instance_number``, ``z_mm``) come from
-    the measurement row, falling back to the volume's per-slice tuples.
+    the measurement row, falling back to the volume's per-slice tuples. A
+    SOPInstanceUID the source left empty stays ``""`` (the loader never puts a
+    file path there): such rows are identified by ``instance_number`` and ``z_mm``.
     """
     m = result.measurements
     vol = result.volume
@@ -163,6 +165,8 @@ def build_report(result: Any, include_patient: bool = False,
                     "index": int(k),
                     "slice_number": int(k) + 1,
                     "sop_instance_uid": vol.sop_instance_uids[k] if k < len(vol.sop_instance_uids) else None,
+                    "instance_number": vol.instance_numbers[k] if k < len(vol.instance_numbers) else None,
+                    "z_mm": float(vol.z_mm[k]) if k < len(vol.z_mm) else None,
                     "outside_lung_fraction": _jsonable(float(result.cam_outside_fraction[k])),
                 }
                 for k in flagged

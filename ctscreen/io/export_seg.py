@@ -137,8 +137,13 @@ def _source_datasets(volume: Any) -> list[Any]:
     without one is read from ``volume.source_files``. The source files are never written.
     """
     uids = [str(u) for u in volume.sop_instance_uids]
-    if len(uids) != volume.shape[0] or not all(uids):
+    if len(uids) != volume.shape[0]:
         raise ExportError("the volume has no SOP Instance UID per slice \u2014 a SEG needs the source DICOM images")
+    if not all(uids):
+        empty = sum(not u for u in uids)
+        raise ExportError(f"the SOPInstanceUID of {empty} of {len(uids)} source images is empty (removed by "
+                          "de-identification?), and a DICOM SEG can only reference its source images by that UID "
+                          "\u2014 the images are there; re-export the series with its UIDs to get a SEG")
     if len(set(uids)) != len(uids) or any("#" in u for u in uids):  # "#": a frame of a multi-frame file
         raise ExportError("the series is stored as multi-frame images; DICOM SEG export supports single-frame "
                           "series only for now \u2014 export PNG/report instead")
@@ -318,6 +323,8 @@ def build_seg(result: Any, series_number: int = DEFAULT_SERIES_NUMBER,
             # message: that would put the patient's name on stderr and in logs. The SEG copies
             # the name as stored, so the warning tells the user nothing they can act on.
             warnings.filterwarnings("ignore", message=r".*intended person name.*", category=UserWarning)
+            # a malformed UID in a copied header: the loader already reported it once, in the series warnings
+            warnings.filterwarnings("ignore", message=r"Invalid value for VR UI", category=UserWarning)
             seg = _segmentation(hd, sources, pixel_array, descriptions, series_number, desc)
     except (ValueError, TypeError, AttributeError) as exc:
         raise ExportError(f"highdicom could not build the SEG for series {vol.series_instance_uid}: {exc}") from exc
