@@ -7,11 +7,11 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol
 
 from PySide6.QtCore import QObject, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QComboBox, QDockWidget, QSlider
+from PySide6.QtWidgets import QComboBox, QDockWidget, QMenu, QSlider
 
 from ctscreen.inference.camlayers import arch_of_model, describe, layers_for
 from ctscreen.viewer.analysis import (DEVICE_CHOICES, MODEL_LABELS, AnalysisController, shipped_default,
@@ -20,9 +20,32 @@ from ctscreen.viewer.cam_on_demand import CamOnDemand
 from ctscreen.viewer.exports import EXPORT_KINDS, Exporter
 from ctscreen.viewer.overlays import OverlayLayers
 from ctscreen.viewer.results_panel import ResultsPanel, totals_html
+from ctscreen.viewer.settings import ViewerSettings
+from ctscreen.viewer.slice_view import SliceView
 
-if TYPE_CHECKING:
-    from ctscreen.viewer.main_window import MainWindow
+
+class AnalysisHost(Protocol):
+    """What :class:`AnalysisUi` needs from the window it is built into.
+
+    A ``QMainWindow`` (for docks, tool bars, the menu and status bars) with these
+    members; :class:`ctscreen.viewer.main_window.MainWindow` is one. Naming them here,
+    instead of importing the window class, keeps ``analysis_ui`` free of an import
+    cycle with ``main_window``.
+    """
+
+    slice_view: SliceView
+    settings: ViewerSettings
+    tags_dock: QDockWidget
+    file_menu: QMenu
+    view_menu: QMenu
+    help_menu: QMenu
+    quit_action: QAction
+    volumeLoaded: Any  # Signal(object): a Volume is now shown
+
+    def show_error(self, title: str, message: str) -> None: ...
+    def begin_task(self, name: str, cancel: Callable[[], Any]) -> None: ...
+    def task_progress(self, value: int, maximum: int, bar_format: str, message: str = "") -> None: ...
+    def end_task(self, name: str) -> None: ...
 
 
 def format_eta(seconds: float | None) -> str:
@@ -42,9 +65,9 @@ def _slider(value: float, tooltip: str) -> QSlider:
 
 
 class AnalysisUi(QObject):
-    """Builds and runs the analysis controls of one :class:`MainWindow`."""
+    """Builds and runs the analysis controls of one window (an :class:`AnalysisHost`)."""
 
-    def __init__(self, window: "MainWindow") -> None:
+    def __init__(self, window: AnalysisHost) -> None:
         super().__init__(window)
         self.window = window
         self.controller = AnalysisController(window)

@@ -16,6 +16,7 @@ from ctscreen import RESEARCH_NOTICE, __version__
 from ctscreen.errors import CtscreenError
 from ctscreen.imaging.volume import Volume
 from ctscreen.viewer._qt_compat import collect_garbage_in_gui_thread
+from ctscreen.viewer.analysis_ui import AnalysisUi
 from ctscreen.viewer.display import PRESET_LABELS, PRESET_ORDER, Window
 from ctscreen.viewer.series_browser import SeriesBrowser, iter_thumbnails
 from ctscreen.viewer.settings import ViewerSettings
@@ -125,8 +126,6 @@ class MainWindow(QMainWindow):
         self._tag_timer.setInterval(120)  # refresh the tag tree when scrolling pauses, not per slice
         self._tag_timer.timeout.connect(self._refresh_tags)
         self.tags_dock.visibilityChanged.connect(lambda visible: visible and self._tag_timer.start())
-
-        from ctscreen.viewer.analysis_ui import AnalysisUi
 
         self.analysis_ui = AnalysisUi(self)
         #: The analysis controller (start/cancel, signals finished_ok/failed/cancelled).

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 
+from ctscreen.imaging.planes import cam_plane
 from ctscreen.imaging.result import CONSOLIDATION, GGO
 from ctscreen.viewer.slice_view import SliceView
 
@@ -54,8 +55,10 @@ _LUNG_PALETTE = _palette({1: LUNG_RGB, 2: LUNG_RGB})
 class OverlayLayers:
     """Lesion, lung-outline and Grad-CAM layers of one :class:`SliceView`.
 
-    The layers follow ``view.sliceChanged``; :meth:`set_result` gives them a
-    result (or None to clear them).
+    The layers follow ``view.sliceChanged`` in the view's plane (axial, coronal or
+    sagittal); :meth:`set_result` gives them a result (or None to clear them).
+    Layers added with :meth:`add_follower` (those of the other panes of a layout)
+    get every setting and result this one gets.
     """
 
     def __init__(self, view: SliceView) -> None:
@@ -63,6 +66,7 @@ class OverlayLayers:
         self.result: Any = None
         self._flagged: set[int] = set()
         self._placed: set[pg.ImageItem] = set()
+        self.followers: list[OverlayLayers] = []
         self.lesions_visible = True
         self.lung_visible = False
         self.cam_visible = False
@@ -113,7 +117,22 @@ class OverlayLayers:
         self._place_labels()
 
     # -- state -----------------------------------------------------------------------------------
+    def add_follower(self, other: "OverlayLayers") -> None:
+        """Let ``other`` (another pane's layers) mirror this one's result and settings from now on."""
+        self.followers.append(other)
+        other.lesions_visible, other.lung_visible, other.cam_visible = (
+            self.lesions_visible, self.lung_visible, self.cam_visible)
+        other.fill = self.fill
+        other.set_lesion_opacity(self.lesion_item.opacity())
+        other.set_cam_opacity(self.cam_item.opacity())
+        other.set_result(self.result)
+
+    def _forward(self, name: str, *args: Any) -> None:
+        for other in self.followers:
+            getattr(other, name)(*args)
+
     def set_result(self, result: Any) -> None:
+        self._forward("set_result", result)
         self.result = result
         self._flagged = set(result.cam_flagged_slices()) if result is not None else set()
         self._placed.clear()
@@ -129,31 +148,37 @@ class OverlayLayers:
             self._placed.add(item)
 
     def set_lesions_visible(self, visible: bool) -> None:
+        self._forward("set_lesions_visible", visible)
         self.lesions_visible = bool(visible)
         self.update()
 
     def set_lung_visible(self, visible: bool) -> None:
+        self._forward("set_lung_visible", visible)
         self.lung_visible = bool(visible)
         self.update()
 
     def set_cam_visible(self, visible: bool) -> None:
+        self._forward("set_cam_visible", visible)
         self.cam_visible = bool(visible)
         self.update()
 
     def set_fill(self, fill: bool) -> None:
+        self._forward("set_fill", fill)
         self.fill = bool(fill)
         self.update()
 
     def set_lesion_opacity(self, opacity: float) -> None:
+        self._forward("set_lesion_opacity", opacity)
         self.lesion_item.setOpacity(float(opacity))
 
     def set_cam_opacity(self, opacity: float) -> None:
+        self._forward("set_cam_opacity", opacity)
         self.cam_item.setOpacity(float(opacity))
 
     # -- drawing ---------------------------------------------------------------------------------------
-    def lesion_rgba(self, k: int) -> np.ndarray:
-        """The lesion layer of slice ``k`` as RGBA (filled or contour, as set)."""
-        labels = np.asarray(self.result.lesion[k])
+    def lesion_rgba(self, k: int | None = None) -> np.ndarray:
+        """The lesion layer of axial slice ``k`` (default: the plane on screen) as RGBA (filled or contour)."""
+        labels = np.asarray(self.result.lesion[k] if k is not None else self.view.plane_array(self.result.lesion))
         if not self.fill:
             labels = np.where(boundary(labels), labels, 0).astype(np.uint8)
         return np.take(_LESION_PALETTE, labels, axis=0)
@@ -162,19 +187,20 @@ class OverlayLayers:
         result = self.result
         has = result is not None and self.view.volume is result.volume
         k = self.view.slice_index
+        axial = self.view.plane == "axial"
         show_lesions = has and self.lesions_visible
         if show_lesions:
-            self._show(self.lesion_item, self.lesion_rgba(k), (0, 255))
+            self._show(self.lesion_item, self.lesion_rgba(k if axial else None), (0, 255))
         self.lesion_item.setVisible(show_lesions)
         self.legend.setVisible(show_lesions)
 
         show_lung = has and self.lung_visible
         if show_lung:
-            lung = np.asarray(result.lung[k])
+            lung = np.asarray(self.view.plane_array(result.lung))
             self._show(self.lung_item, np.take(_LUNG_PALETTE, np.where(boundary(lung), lung, 0), axis=0), (0, 255))
         self.lung_item.setVisible(show_lung)
 
-        cam = result.cam.get(k) if has and self.cam_visible else None
+        cam = cam_plane(result.cam, self.view.plane, k, result.lesion.shape) if has and self.cam_visible else None
         if cam is not None:
             self._show(self.cam_item, np.asarray(cam, dtype=np.float32), (0.0, 1.0))
         self.cam_item.setVisible(cam is not None)
@@ -184,11 +210,11 @@ class OverlayLayers:
 
         flag = ""
         if has and self.cam_visible:
-            if k in self._flagged:
+            if axial and k in self._flagged:
                 share = result.cam_outside_fraction[k]
                 flag = f"⚠ Grad-CAM: {share:.0%} of the activation lies outside the lung on this slice"
             elif cam is None:
-                flag = "no Grad-CAM map for this slice"
+                flag = "no Grad-CAM map for this slice" if axial else "no Grad-CAM map yet"
         self.cam_flag.setText(flag)
         self.cam_flag.setVisible(bool(flag))
 

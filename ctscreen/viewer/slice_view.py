@@ -1,4 +1,4 @@
-"""The axial slice view: one ImageItem in a ViewBox whose units are millimetres.
+"""The slice view: one plane (axial by default) in a ViewBox whose units are millimetres.
 
 Mouse and keys follow the radiology reading-room convention:
 
@@ -8,7 +8,9 @@ Mouse and keys follow the radiology reading-room convention:
 
 The image is placed with ``ImageItem.setRect`` in millimetres (column spacing
 by row spacing) so pixels keep their true aspect, and the ViewBox's y axis is
-inverted so row 0 is at the top, as ``Volume`` stores it. Corner annotations
+inverted so row 0 is at the top, as ``Volume`` stores it. A view shows one
+plane (:mod:`ctscreen.imaging.planes`): axial (the default, the fast path of a
+plain ``hu[k]``), coronal or sagittal. Corner annotations
 are ``TextItem``s parented to the ViewBox itself (not to its scaled child
 group), so they stay put in screen pixels while the image zooms and pans.
 """
@@ -23,6 +25,7 @@ from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import QHBoxLayout, QSlider, QWidget
 
+from ctscreen.imaging import planes
 from ctscreen.imaging.volume import Volume
 from ctscreen.viewer.display import Window, WindowLut
 
@@ -33,7 +36,7 @@ _MARGIN_PX = 6.0
 
 @dataclass(frozen=True)
 class CursorInfo:
-    """What lies under the mouse: pixel indices, its HU and its LPS position in mm."""
+    """What lies under the mouse: its voxel (axial slice, row, column, whatever the plane), HU and LPS mm."""
 
     slice_index: int
     row: int
@@ -48,10 +51,28 @@ class CursorInfo:
 
 
 def orientation_letter(vector: np.ndarray) -> str:
-    """Patient direction (DICOM LPS) a screen direction mostly points to: L/R, P/A, H/F."""
-    v = np.asarray(vector, dtype=float)
-    i = int(np.argmax(np.abs(v)))
-    return (("L", "R"), ("P", "A"), ("H", "F"))[i][0 if v[i] >= 0 else 1]
+    """Patient direction (DICOM LPS) a screen direction mostly points to: L/R, P/A, S/I."""
+    return planes.orientation_letter(vector)
+
+
+class ScaleBar(pg.ScaleBar):
+    """A scale bar (bottom right) whose length is a round number of mm, about a fifth of the view."""
+
+    def __init__(self) -> None:
+        super().__init__(10.0, width=4, brush=(230, 230, 230), pen=None, suffix="mm", offset=(-14, -48))
+
+    def updateBar(self) -> None:  # noqa: N802 - pyqtgraph override
+        view = self.parentItem()
+        if view is None:
+            return
+        (x0, x1), _ = view.viewRange()
+        target = max((x1 - x0) / 5.0, 1e-3)
+        exp = 10.0 ** np.floor(np.log10(target))
+        size = max((m * exp for m in (1.0, 2.0, 5.0, 10.0) if m * exp <= target), default=exp)
+        if size != self.size:
+            self.size = size
+            self.text.setText(f"{size:g} mm")
+        super().updateBar()
 
 
 class SliceViewBox(pg.ViewBox):
@@ -76,6 +97,12 @@ class SliceViewBox(pg.ViewBox):
         ev.accept()
 
     def mouseDragEvent(self, ev, axis=None) -> None:  # noqa: N802 - Qt override
+        handler = self._view.drag_handler
+        if ev.button() == Qt.MouseButton.LeftButton and handler is not None:
+            start, pos = self.mapSceneToView(ev.buttonDownScenePos()), self.mapSceneToView(ev.scenePos())
+            if handler(self._view, start, pos, bool(ev.isStart()), bool(ev.isFinish())):
+                ev.accept()
+                return
         if ev.button() == Qt.MouseButton.RightButton:
             ev.accept()
             delta = ev.screenPos() - ev.lastScreenPos()
@@ -86,6 +113,8 @@ class SliceViewBox(pg.ViewBox):
     def mouseClickEvent(self, ev) -> None:  # noqa: N802 - no context menu, keep keyboard focus
         ev.accept()
         self._view.graphics.setFocus()
+        if ev.button() == Qt.MouseButton.LeftButton and self._view.volume is not None:
+            self._view.clicked.emit(self.mapSceneToView(ev.scenePos()))
 
 
 class _Graphics(pg.GraphicsLayoutWidget):
@@ -123,14 +152,26 @@ class SliceView(QWidget):
         The :class:`Window` now applied.
     cursorMoved(object)
         A :class:`CursorInfo`, or ``None`` when the mouse leaves the image.
+    clicked(QPointF)
+        A left click (not a drag) on the image, in view millimetres.
+
+    ``plane`` is ``"axial"`` (default), ``"coronal"`` or ``"sagittal"``; the slice index
+    counts along that plane's axis. ``drag_handler``, when set, is offered every left
+    drag first: ``handler(view, start_mm, pos_mm, is_start, is_finish) -> bool`` (True:
+    used, e.g. by a measuring tool; False: pan as usual).
     """
 
     sliceChanged = Signal(int)
     windowChanged = Signal(object)
     cursorMoved = Signal(object)
+    clicked = Signal(object)
 
-    def __init__(self, parent: QWidget | None = None, window: Window | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, window: Window | None = None, plane: str = "axial") -> None:
         super().__init__(parent)
+        if plane not in planes.PLANES:
+            raise ValueError(f"unknown plane {plane!r}")
+        self.plane = plane
+        self.drag_handler = None
         self._volume: Volume | None = None
         self._index = 0
         self._lut = WindowLut(window or Window.preset("lung"))
@@ -164,6 +205,10 @@ class SliceView(QWidget):
         layout.addWidget(self.slider)
 
         self._make_annotations()
+        self.scale_bar = ScaleBar()
+        self.scale_bar.setParentItem(self.view_box)
+        self.scale_bar.setZValue(1000)
+        self.scale_bar.hide()
         self.view_box.sigResized.connect(self._place_annotations)
         self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
         self._update_annotations()
@@ -216,14 +261,14 @@ class SliceView(QWidget):
         else:
             lines = [vol.patient_name, vol.patient_id, vol.series_description, vol.modality]
             self.text_top_left.setText("\n".join(line for line in lines if line))
-            right = vol.direction[:, 2]
-            down = vol.direction[:, 1]
-            self.orient_right.setText(orientation_letter(right))
-            self.orient_left.setText(orientation_letter(-right))
-            self.orient_bottom.setText(orientation_letter(down))
-            self.orient_top.setText(orientation_letter(-down))
+            letters = planes.orientation_letters(vol.direction, self.plane)
+            self.orient_right.setText(letters["right"])
+            self.orient_left.setText(letters["left"])
+            self.orient_bottom.setText(letters["bottom"])
+            self.orient_top.setText(letters["top"])
             self._update_slice_text()
         self._update_window_text()
+        self.scale_bar.setVisible(vol is not None)
         self.empty_hint.setVisible(vol is None and self._preview is None)
         self._place_annotations()
 
@@ -231,10 +276,13 @@ class SliceView(QWidget):
         vol = self._volume
         if vol is None:
             return
-        k, n = self._index, vol.shape[0]
-        lines = [f"Im {k + 1} / {n}"]
-        if len(vol.z_mm) > k:
-            lines.append(f"Z {vol.z_mm[k]:.1f} mm")
+        k, n = self._index, planes.plane_count(vol.shape, self.plane)
+        if self.plane != "axial":
+            lines = [f"{self.plane.capitalize()} {k + 1} / {n}"]
+        else:
+            lines = [f"Im {k + 1} / {n}"]
+            if len(vol.z_mm) > k:
+                lines.append(f"Z {vol.z_mm[k]:.1f} mm")
         z, y, x = vol.spacing_mm
         lines.append(f"{x:.2f} × {y:.2f} × {z:.2f} mm")
         self.text_top_right.setText("\n".join(lines))
@@ -258,6 +306,10 @@ class SliceView(QWidget):
     @property
     def cursor_info(self) -> CursorInfo | None:
         return self._cursor
+
+    def plane_array(self, array: np.ndarray) -> np.ndarray:
+        """The 2-D cut of a (z, y, x) array (e.g. a label map of the volume) that this view shows."""
+        return planes.plane_slice(array, self.plane, self._index)
 
     def pixel_rect_mm(self) -> QRectF:
         """The image's extent in view coordinates (mm), for overlays that must line up."""
@@ -295,11 +347,13 @@ class SliceView(QWidget):
         """Show ``volume`` from slice ``slice_index`` (default: the first, as a PACS opens)."""
         self._volume = volume
         self._preview = None
-        n = volume.shape[0]
-        k = 0 if slice_index is None else int(np.clip(slice_index, 0, n - 1))
+        n = planes.plane_count(volume.shape, self.plane)
+        if slice_index is None:  # axial: the first, as a PACS opens; coronal / sagittal: the middle
+            slice_index = 0 if self.plane == "axial" else n // 2
+        k = int(np.clip(slice_index, 0, n - 1))
         self._index = k
-        spacing = (float(volume.spacing_mm[1]), float(volume.spacing_mm[2]))
-        self._set_image(volume.hu[k], spacing)
+        spacing = planes.plane_spacing_mm(volume.spacing_mm, self.plane)
+        self._set_image(planes.plane_slice(volume.hu, self.plane, k), spacing)
         self.slider.blockSignals(True)
         self.slider.setRange(0, n - 1)
         self.slider.setPageStep(10)
@@ -326,11 +380,11 @@ class SliceView(QWidget):
         vol = self._volume
         if vol is None:
             return
-        k = int(np.clip(index, 0, vol.shape[0] - 1))
+        k = int(np.clip(index, 0, planes.plane_count(vol.shape, self.plane) - 1))
         if k == self._index and self.image_item.image is not None:
             return
         self._index = k
-        self.image_item.setImage(self._lut.to_uint8(vol.hu[k]), autoLevels=False)
+        self.image_item.setImage(self._lut.to_uint8(planes.plane_slice(vol.hu, self.plane, k)), autoLevels=False)
         if self.slider.value() != k:
             self.slider.blockSignals(True)
             self.slider.setValue(k)
@@ -346,7 +400,7 @@ class SliceView(QWidget):
         """Slice keys; returns whether the key was used."""
         if self._volume is None:
             return False
-        n = self._volume.shape[0]
+        n = planes.plane_count(self._volume.shape, self.plane)
         moves = {
             Qt.Key.Key_Up: self._index - 1, Qt.Key.Key_Down: self._index + 1,
             Qt.Key.Key_PageUp: self._index - 10, Qt.Key.Key_PageDown: self._index + 10,
@@ -381,7 +435,7 @@ class SliceView(QWidget):
 
     def _redraw(self) -> None:
         if self._volume is not None:
-            self.image_item.setImage(self._lut.to_uint8(self._volume.hu[self._index]), autoLevels=False)
+            self.image_item.setImage(self._lut.to_uint8(self.plane_array(self._volume.hu)), autoLevels=False)
         elif self._preview is not None:
             self.image_item.setImage(self._lut.to_uint8(self._preview), autoLevels=False)
 
@@ -396,10 +450,8 @@ class SliceView(QWidget):
         ny, nx = self._shape_yx
         if not (0 <= row < ny and 0 <= col < nx):
             return None
-        k = self._index
-        index_mm = np.array([k, row, col], dtype=float) * np.asarray(vol.spacing_mm, dtype=float)
-        xyz = np.asarray(vol.origin_mm, dtype=float) + np.asarray(vol.direction, dtype=float) @ index_mm
-        return CursorInfo(k, row, col, float(vol.hu[k, row, col]), (float(xyz[0]), float(xyz[1]), float(xyz[2])))
+        k, y, x = planes.voxel_of(self.plane, self._index, row, col)
+        return CursorInfo(k, y, x, float(vol.hu[k, y, x]), planes.patient_xyz_mm(vol, (k, y, x)))
 
     def _on_mouse_moved(self, scene_pos: QPointF) -> None:
         self._last_scene_pos = QPointF(scene_pos)
