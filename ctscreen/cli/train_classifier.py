@@ -1,0 +1,71 @@
+"""``ctscreen train-classifier``: train the screening classifier on image folders or DICOM studies."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    """The ``train-classifier`` subcommand's arguments."""
+    t = sub.add_parser(
+        "train-classifier",
+        help="train the COVID-19 / other pneumonia / no pneumonia classifier",
+        description="Train the screening classifier from DATA/<class>/ (images, or DICOM study folders), "
+                    "or DATA/train/<class>/ + DATA/val/<class>/; writes the weights and a model card (.md, .json).",
+    )
+    t.add_argument("--data", required=True, help="folder with one sub-folder per class (or train/ and val/)")
+    t.add_argument("--out", required=True, help="weights file to write (.pt); the model card goes beside it")
+    t.add_argument("--head", choices=["cosine", "linear"], default="cosine",
+                   help="feature-normalised softmax (cosine, default) or a plain linear head")
+    t.add_argument("--init", choices=["seg-encoder", "none"], default="seg-encoder",
+                   help="start from the shipped segmentation UNet's encoder (default) or from scratch")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--minutes", type=float, default=None, help="training time budget")
+    g.add_argument("--epochs", type=int, default=None, help="number of epochs (default 30)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    t.add_argument("--size", type=int, default=192, help="input side in pixels (default 192)")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--val-fraction", type=float, default=0.2,
+                   help="validation share when DATA has no val/ folder (split by study)")
+    t.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    t.add_argument("--log", default=None, help="append one JSON line per epoch to this file")
+    t.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ctscreen import RESEARCH_NOTICE
+    from ctscreen.inference.train_classifier import DataError, train_classifier
+
+    out = Path(args.out)
+    if out.suffix != ".pt":
+        raise DataError(f"{out}: the weights file must end in .pt")
+    if out.exists() and not args.force:
+        raise DataError(f"{out} exists - choose another --out or pass --force to overwrite it")
+    command = "ctscreen " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+    log = open(args.log, "a") if args.log else None
+    try:
+        res = train_classifier(Path(args.data), out, head=args.head, init=args.init, minutes=args.minutes,
+                               epochs=args.epochs, seed=args.seed, device=args.device, size=args.size,
+                               batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
+                               threads=args.threads, quiet=args.quiet, command=command, log=log)
+    finally:
+        if log:
+            log.close()
+    v = res["card"]["validation"]
+    if "auc" in v:
+        ci = v.get("ci95", {})
+        print(f"validation: accuracy {v['accuracy']:.3f} {ci.get('accuracy')}, F1 {v['f1']:.3f} {ci.get('f1')}, "
+              f"AUC {v['auc']:.3f} {ci.get('auc')} on {v['n']} images")
+    elif v:
+        print(f"validation: accuracy {v['accuracy']:.3f} on {v['n']} images")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    print(RESEARCH_NOTICE)
+    return 0

@@ -1,0 +1,539 @@
+"""Train and evaluate the screening classifier (``ctscreen train-classifier`` / ``evaluate-classifier``).
+
+Data layouts (one sub-folder per class; names like ``COVID``/``NonCOVID`` or
+``covid19``/``influenza_a``/``normal`` map to class keys by
+:func:`ctscreen.inference.classifier.canonical_class`):
+
+* ``DATA/train/<class>/*.png|jpg`` and ``DATA/val/<class>/...`` - the given split is used
+  (the UCSD-AI4H COVID-CT layout, split by patient);
+* ``DATA/<class>/*.png|jpg`` - a seeded, stratified validation split of ``--val-fraction``
+  (images are assumed to be from different patients; split by patient yourself if not);
+* ``DATA/<class>/<study>/`` DICOM series - a hospital's own studies: a seeded split *by study*;
+  each study contributes up to :data:`SLICES_PER_STUDY` lung-containing slices (thorax crop,
+  calibrated HU window), all labelled with the study's class.
+
+Augmentation (seeded ``numpy`` generator, per sample): random resized crop (area 60-100 %,
+aspect 3:4-4:3), rotation +-15 deg, left-right flip, contrast x0.75-1.33, brightness +-0.08,
+gamma 0.7-1.4, Gaussian blur (p 0.3, sigma 0.3-1.5), Gaussian noise (p 0.3, sd <= 0.04).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ctscreen import RESEARCH_NOTICE, __version__
+from ctscreen.errors import CtscreenError
+from ctscreen.inference import classifier as C
+from ctscreen.inference.device import describe_device, resolve_device
+from ctscreen.inference.train import git_commit
+from ctscreen.progress import ProgressBar
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+#: Lung-containing slices taken per DICOM study for training.
+SLICES_PER_STUDY = 24
+#: Images are kept in memory at most this side (px) before augmentation.
+STORE_SIDE = 320
+
+
+class DataError(CtscreenError):
+    """The training or evaluation folder cannot be used."""
+
+
+@dataclass
+class ImageSet:
+    images: list[np.ndarray]       # 2-D float32 [0, 1]
+    labels: np.ndarray             # int64 class index
+    names: list[str]               # file (or study/slice) names, for per-image reports
+    groups: list[str]              # patient/study key (images: the file itself)
+
+
+def _shrink(img: np.ndarray, side: int = STORE_SIDE) -> np.ndarray:
+    import cv2
+
+    h, w = img.shape
+    s = side / max(h, w)
+    if s >= 1:
+        return img
+    return cv2.resize(img, (max(8, round(w * s)), max(8, round(h * s))), interpolation=cv2.INTER_AREA)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(dirs) < 2:
+        raise DataError(f"{root}: expected one sub-folder per class (e.g. COVID/ and NonCOVID/, or covid19/, "
+                        f"influenza_a/, normal/), found {len(dirs)}")
+    return dirs
+
+
+def _study_slices(study: Path, n: int = SLICES_PER_STUDY) -> list[np.ndarray]:
+    """Up to ``n`` lung-containing slices of a DICOM study, as [0, 1] thorax crops."""
+    from ctscreen.imaging.lungmask import lung_mask
+    from ctscreen.inference.preprocess import hu_to_unit, thorax_box
+    from ctscreen.io.dicom import load_series
+
+    vol = load_series(study)
+    lung = lung_mask(vol)
+    plane = lung.shape[1] * lung.shape[2]
+    idx = np.flatnonzero((lung > 0).reshape(len(lung), -1).sum(axis=1) >= 0.03 * plane)
+    if len(idx) == 0:
+        raise DataError(f"{study}: no lung found in this series - is it a chest CT?")
+    idx = sorted({int(idx[int(round(j))]) for j in np.linspace(0, len(idx) - 1, min(n, len(idx)))})
+    y0, y1, x0, x1 = thorax_box(vol.hu)
+    return [_shrink(hu_to_unit(vol.hu[k, y0:y1, x0:x1])) for k in idx]
+
+
+def load_folder(root: Path, classes: tuple[str, ...] | None = None, progress: ProgressBar | None = None) -> tuple[ImageSet, tuple[str, ...]]:
+    """Load ``root/<class>/`` (images or DICOM study folders) into memory."""
+    dirs = _class_dirs(root)
+    found = {C.canonical_class(d.name): d for d in dirs}
+    if classes is None:
+        classes = C.order_classes(list(found))
+    missing = [c for c in classes if c not in found]
+    if missing:
+        raise DataError(f"{root}: no sub-folder for class(es) {', '.join(missing)} (have: {', '.join(d.name for d in dirs)})")
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    names: list[str] = []
+    groups: list[str] = []
+    todo = [(ci, found[c]) for ci, c in enumerate(classes)]
+    total = sum(len(list(d.iterdir())) for _, d in todo) or 1
+    done = 0
+    for ci, d in todo:
+        files = _images_in(d)
+        studies = sorted(p for p in d.iterdir() if p.is_dir())
+        for f in files:
+            try:
+                img = C.read_gray_image(f)
+            except ValueError as exc:
+                print(f"skipped: {exc}", file=sys.stderr)
+                continue
+            images.append(_shrink(img))
+            labels.append(ci)
+            names.append(f"{d.name}/{f.name}")
+            groups.append(f"{d.name}/{f.name}")
+            done += 1
+            if progress:
+                progress.update("loading", done / total)
+        for s in studies:
+            try:
+                sl = _study_slices(s)
+            except CtscreenError as exc:
+                print(f"skipped study {s.name}: {exc}", file=sys.stderr)
+                continue
+            for k, img in enumerate(sl):
+                images.append(img)
+                labels.append(ci)
+                names.append(f"{d.name}/{s.name}#{k}")
+                groups.append(f"{d.name}/{s.name}")
+            done += 1
+            if progress:
+                progress.update("loading", done / total)
+    if not images:
+        raise DataError(f"{root}: no readable images or DICOM studies in the class folders")
+    return ImageSet(images, np.asarray(labels, np.int64), names, groups), tuple(classes)
+
+
+def split_by_group(s: ImageSet, val_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """Seeded split, stratified by class, keeping each group (study/patient) on one side."""
+    rng = np.random.default_rng(seed)
+    val_groups: set[str] = set()
+    for c in np.unique(s.labels):
+        gs = sorted({g for g, l in zip(s.groups, s.labels) if l == c})
+        rng.shuffle(gs)
+        k = max(1, int(round(val_fraction * len(gs)))) if len(gs) > 1 else 0
+        val_groups.update(gs[:k])
+
+    def pick(keep: bool) -> ImageSet:
+        ix = [i for i, g in enumerate(s.groups) if (g in val_groups) == keep]
+        return ImageSet([s.images[i] for i in ix], s.labels[ix], [s.names[i] for i in ix], [s.groups[i] for i in ix])
+
+    return pick(False), pick(True)
+
+
+# ---------------------------------------------------------------- augmentation
+
+def augment(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One augmented ``(size, size)`` sample of a [0, 1] image (see the module docstring)."""
+    import cv2
+
+    h, w = img.shape
+    area = rng.uniform(0.6, 1.0) * h * w
+    aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    ch = min(h, int(round(math.sqrt(area / aspect))))
+    cw = min(w, int(round(math.sqrt(area * aspect))))
+    y0 = int(rng.integers(0, h - ch + 1))
+    x0 = int(rng.integers(0, w - cw + 1))
+    angle = rng.uniform(-15, 15)
+    # crop box -> output square, rotated about the centre
+    cx, cy = x0 + cw / 2.0, y0 + ch / 2.0
+    sx, sy = size / cw, size / ch
+    rot = cv2.getRotationMatrix2D((size / 2.0, size / 2.0), angle, 1.0)
+    aff = np.array([[sx, 0, size / 2.0 - sx * cx], [0, sy, size / 2.0 - sy * cy], [0, 0, 1]])
+    m = (np.vstack([rot, [0, 0, 1]]) @ aff)[:2]
+    interp = cv2.INTER_AREA if min(cw, ch) > size * 1.5 else cv2.INTER_LINEAR
+    src = img
+    if interp == cv2.INTER_AREA:  # pre-shrink so the affine warp does not alias
+        f = size / min(cw, ch)
+        src = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        m = m @ np.array([[1 / f, 0, 0], [0, 1 / f, 0], [0, 0, 1]])
+    out = cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    mean = float(out.mean())
+    out = (out - mean) * math.exp(rng.uniform(math.log(0.75), math.log(1.33))) + mean + rng.uniform(-0.08, 0.08)
+    out = np.clip(out, 0.0, 1.0) ** math.exp(rng.uniform(math.log(0.7), math.log(1.4)))
+    if rng.random() < 0.3:
+        out = cv2.GaussianBlur(out.astype(np.float32), (0, 0), rng.uniform(0.3, 1.5))
+    if rng.random() < 0.3:
+        out = out + rng.normal(0.0, rng.uniform(0.005, 0.04), out.shape)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def plain_inputs(images: list[np.ndarray], size: int) -> np.ndarray:
+    """Evaluation inputs: the whole image resized (no crop), ``(n, 1, size, size)``."""
+    return np.stack([C.unit_to_input(im, size)[None] for im in images]).astype(np.float32)
+
+
+# ---------------------------------------------------------------- metrics
+
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN with one class."""
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(score, np.float64)
+    pos, neg = s[y], s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    allv = np.concatenate([pos, neg])[order]
+    ranks = np.empty(len(allv))
+    i = 0
+    while i < len(allv):  # average ranks of ties
+        j = i
+        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[i:j + 1] = 0.5 * (i + j) + 1
+        i = j + 1
+    r = np.empty(len(allv))
+    r[order] = ranks
+    return float((r[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Accuracy, F1 / precision / recall of the positive class, ROC AUC."""
+    y = np.asarray(y).astype(bool)
+    pred = np.asarray(p) >= threshold
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    prec = tp / (tp + fp) if tp + fp else 0.0
+    rec = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+    return {"accuracy": float((pred == y).mean()) if len(y) else float("nan"), "f1": f1,
+            "precision": prec, "recall": rec, "auc": roc_auc(y, p), "n": int(len(y))}
+
+
+def bootstrap_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, list[float]]:
+    """Percentile 95 % bootstrap intervals (images resampled, stratified by class) of accuracy, F1 and AUC."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p)
+    ipos, ineg = np.flatnonzero(y), np.flatnonzero(~y)
+    acc, f1, auc = [], [], []
+    for _ in range(n_boot):
+        ix = np.concatenate([rng.choice(ipos, len(ipos)), rng.choice(ineg, len(ineg))])
+        m = binary_metrics(y[ix], p[ix])
+        acc.append(m["accuracy"])
+        f1.append(m["f1"])
+        auc.append(m["auc"])
+    q = lambda v: [round(float(np.percentile(v, 2.5)), 4), round(float(np.percentile(v, 97.5)), 4)]  # noqa: E731
+    return {"accuracy": q(acc), "f1": q(f1), "auc": q(auc)}
+
+
+def multiclass_metrics(y: np.ndarray, probs: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
+    pred = probs.argmax(axis=1)
+    out: dict[str, Any] = {"accuracy": float((pred == y).mean()), "n": int(len(y))}
+    if "covid19" in classes:
+        ci = classes.index("covid19")
+        b = binary_metrics(y == ci, probs[:, ci])
+        out.update({"f1_covid": b["f1"], "auc_covid": b["auc"]})
+    out["confusion"] = [[int(((y == a) & (pred == b)).sum()) for b in range(len(classes))] for a in range(len(classes))]
+    return out
+
+
+# ---------------------------------------------------------------- training
+
+def _predict(net: C.SliceClassifier, x: np.ndarray, device: torch.device, bs: int = 32, tta: bool = True) -> np.ndarray:
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), bs):
+            t = torch.from_numpy(x[i:i + bs]).to(device)
+            p = F.softmax(net(t).float(), dim=1)
+            if tta:
+                p = 0.5 * (p + F.softmax(net(torch.flip(t, dims=[3])).float(), dim=1))
+            out.append(p.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, net.config["num_classes"]), np.float32)
+
+
+def _score(y: np.ndarray, probs: np.ndarray, classes: tuple[str, ...]) -> tuple[float, dict[str, Any]]:
+    """(selection key, metrics): AUC of COVID for a binary model, accuracy otherwise."""
+    if len(classes) == 2:
+        pos = classes.index("covid19") if "covid19" in classes else 0
+        m = binary_metrics(y == pos, probs[:, pos])
+        return m["auc"] + 1e-3 * m["accuracy"], m
+    m = multiclass_metrics(y, probs, classes)
+    return m["accuracy"], m
+
+
+def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "seg-encoder",
+                     minutes: float | None = None, epochs: int | None = None, seed: int = 0,
+                     device: str = "auto", size: int = C.INPUT_SIZE, batch_size: int = 32, lr: float = 1e-3,
+                     val_fraction: float = 0.2, threads: int | None = None, quiet: bool = False,
+                     command: str = "", log: Any = None) -> dict[str, Any]:
+    """Train a classifier on ``data`` and write ``out`` (.pt) with its model card (.md, .json)."""
+    t_start = time.time()
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    dev = resolve_device(device)
+    bar = ProgressBar(enabled=not quiet)
+    data = Path(data)
+    if not data.is_dir():
+        raise DataError(f"{data}: not a folder - give the folder holding one sub-folder per class (or train/ and val/)")
+    if (data / "train").is_dir() and (data / "val").is_dir():
+        tr, classes = load_folder(data / "train", progress=bar)
+        va, _ = load_folder(data / "val", classes, progress=bar)
+        split = f"given split: {data.name}/train ({len(tr.images)} images) / {data.name}/val ({len(va.images)} images)"
+    else:
+        full, classes = load_folder(data, progress=bar)
+        tr, va = split_by_group(full, val_fraction, seed)
+        split = (f"seeded ({seed}) split by study/image, stratified: {len(set(tr.groups))} train / "
+                 f"{len(set(va.groups))} val groups ({len(tr.images)} / {len(va.images)} images)")
+    if len(np.unique(tr.labels)) < 2:
+        raise DataError(f"{data}: the training part needs images of at least two classes")
+    net = C.SliceClassifier(num_classes=len(classes), head=head).to(dev)
+    init_note = "random (He) initialisation"
+    if init == "seg-encoder":
+        from ctscreen.inference.models import model_path
+        unet = torch.load(model_path("unet"), map_location="cpu", weights_only=True)
+        n = net.load_segmentation_encoder(unet["state_dict"])
+        init_note = (f"encoder from the shipped segmentation UNet ({n} tensors, "
+                     f"{unet.get('card', {}).get('version', 'unet')}; trained on COVID-SemiSeg slices)")
+        net.to(dev)
+    elif init != "none":
+        raise DataError(f"--init must be seg-encoder or none, not {init!r}")
+    enc_params = [p for n_, p in net.named_parameters() if n_.startswith("enc.")]
+    head_params = [p for n_, p in net.named_parameters() if not n_.startswith("enc.")]
+    enc_lr = lr * (0.3 if init == "seg-encoder" else 1.0)
+    opt = torch.optim.AdamW([{"params": enc_params, "lr": enc_lr, "base": enc_lr},
+                             {"params": head_params, "lr": lr, "base": lr}], weight_decay=5e-4)
+    # class-balanced sampling weights via the loss
+    counts = np.bincount(tr.labels, minlength=len(classes)).astype(np.float64)
+    cw = torch.tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32, device=dev)
+    xv = plain_inputs(va.images, size) if len(va.images) else np.zeros((0, 1, size, size), np.float32)
+    if epochs is None and minutes is None:
+        epochs = 30
+    n_tr = len(tr.images)
+    steps_per_epoch = max(1, math.ceil(n_tr / batch_size))
+    best_key, best_state, best_metrics, best_epoch = -1e9, None, {}, -1
+    history = []
+    epoch = 0
+    t_train = time.time()
+
+    def frac_done() -> float:
+        fe = epoch / epochs if epochs else 0.0
+        ft = (time.time() - t_train) / (60.0 * minutes) if minutes else 0.0
+        return min(1.0, max(fe, ft))
+
+    warm = 1  # epochs of linear warm-up
+    while True:
+        if epochs and epoch >= epochs:
+            break
+        if minutes and time.time() - t_train >= 60.0 * minutes and epoch > 0:
+            break
+        net.train()
+        order = rng.permutation(n_tr)
+        tot, nb = 0.0, 0
+        for b in range(steps_per_epoch):
+            ix = order[b * batch_size:(b + 1) * batch_size]
+            if len(ix) < 2:
+                continue
+            f = frac_done()
+            factor = min(1.0, (epoch + b / steps_per_epoch + 1e-3) / warm) * 0.5 * (1 + math.cos(math.pi * f))
+            for g in opt.param_groups:
+                g["lr"] = g["base"] * max(factor, 0.02)
+            x = torch.from_numpy(np.stack([augment(tr.images[i], size, rng)[None] for i in ix])).to(dev)
+            y = torch.from_numpy(tr.labels[ix]).to(dev)
+            loss = F.cross_entropy(net(x), y, weight=cw, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach())
+            nb += 1
+            bar.update(f"epoch {epoch + 1}", frac_done(), message=f"loss {tot / max(nb, 1):.3f}")
+        epoch += 1
+        row: dict[str, Any] = {"epoch": epoch, "loss": round(tot / max(nb, 1), 4),
+                               "seconds": round(time.time() - t_train, 1)}
+        if hasattr(net.head, "scale"):
+            row["scale"] = round(net.head.scale, 3)
+        if len(va.images):
+            probs = _predict(net, xv, dev)
+            key, m = _score(va.labels, probs, classes)
+            row.update({k: round(v, 4) for k, v in m.items() if isinstance(v, float)})
+            if key > best_key:
+                best_key, best_metrics, best_epoch = key, m, epoch
+                best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                # keep the best so far on disk, so an interrupted run still leaves usable weights
+                C.save_classifier(net, classes, out, {"interim": True, "input_size": size, "epoch": epoch,
+                                                      "validation": m, "command": command})
+        history.append(row)
+        if log is not None:
+            print(json.dumps(row), file=log, flush=True)
+    bar.close() if hasattr(bar, "close") else None
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    final = {}
+    per_image = []
+    if len(va.images):
+        probs = _predict(net, xv, dev)
+        if len(classes) == 2:
+            pos = classes.index("covid19") if "covid19" in classes else 0
+            yb = va.labels == pos
+            final = binary_metrics(yb, probs[:, pos])
+            final["ci95"] = bootstrap_ci(yb, probs[:, pos], seed=seed)
+        else:
+            final = multiclass_metrics(va.labels, probs, classes)
+        per_image = [{"file": n_, "label": classes[int(l_)], "p": [round(float(v), 4) for v in pr]}
+                     for n_, l_, pr in zip(va.names, va.labels, probs)]
+    card = {
+        "name": Path(out).stem, "version": f"classifier-{time.strftime('%Y%m%d')}-{git_commit()[:8]}",
+        "ctscreen_version": __version__, "classes": list(classes), "input_size": size,
+        "architecture": "UNet encoder (16-32-64-128-256) + avg/max pool + 128-d embedding + "
+                        + ("cosine (NormFace) head, learned scale" if head == "cosine" else "linear head"),
+        "head": head, "init": init, "init_note": init_note,
+        "parameters": int(sum(p.numel() for p in net.parameters())),
+        "intensity": "8-bit lung-window image / 255; DICOM: HU window [-1080, 255] -> [0, 1] after the thorax crop "
+                     "(ctscreen.inference.preprocess)",
+        "data": {"root": str(data), "split": split, "classes": list(classes),
+                 "train_counts": {c: int((tr.labels == i).sum()) for i, c in enumerate(classes)},
+                 "val_counts": {c: int((va.labels == i).sum()) for i, c in enumerate(classes)}},
+        "augmentation": ("random resized crop (60-100 % area, aspect 3:4-4:3), rotation +-15 deg, left-right flip, "
+                         "contrast x0.75-1.33, brightness +-0.08, gamma 0.7-1.4, Gaussian blur p0.3, noise p0.3; "
+                         "seeded numpy generator"),
+        "recipe": {"optimizer": "AdamW, weight decay 5e-4", "lr_head": lr, "lr_encoder": enc_lr,
+                   "schedule": "1 warm-up epoch, cosine decay", "loss": "class-weighted cross-entropy, label smoothing 0.1",
+                   "batch_size": batch_size, "epochs_run": epoch, "epochs": epochs, "minutes": minutes, "seed": seed,
+                   "selection": "best validation AUC (binary) / accuracy (multi-class) over epochs",
+                   "best_epoch": best_epoch},
+        "command": command, "git_commit": git_commit(),
+        "hardware": f"{describe_device(dev)}; {platform.processor() or platform.machine()}, "
+                    f"torch threads {torch.get_num_threads()}",
+        "training_seconds": round(time.time() - t_train, 1), "total_seconds": round(time.time() - t_start, 1),
+        "validation": {k: v for k, v in final.items()},
+        "validation_protocol": "whole image resized to input size, left-right flip TTA, threshold 0.5; "
+                               "95 % CIs: 2000 stratified bootstrap resamples of the validation images. "
+                               "The checkpoint was selected on this same validation set, so these figures are "
+                               "optimistic; the held-out test split is the unbiased measure.",
+        "history": history,
+        "notice": RESEARCH_NOTICE,
+    }
+    C.save_classifier(net, classes, out, card)
+    write_card(Path(out), card)
+    return {"card": card, "per_image": per_image}
+
+
+def _fmt_ci(card_val: dict[str, Any], key: str) -> str:
+    v = card_val.get(key)
+    ci = card_val.get("ci95", {}).get(key)
+    if v is None:
+        return "n/a"
+    return f"{v:.3f}" + (f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+
+
+def write_card(out: Path, card: dict[str, Any]) -> None:
+    """``<out>.md`` (human) and ``<out>.json`` (machine) beside the weights, written atomically."""
+    from ctscreen.io.files import atomic_write
+
+    v = card.get("validation", {})
+    lines = [
+        f"# Model card: {card['name']} (screening classifier)", "",
+        f"**{RESEARCH_NOTICE}**", "",
+        f"- Version: `{card['version']}` (ctscreen {card['ctscreen_version']}, commit `{card['git_commit']}`)",
+        f"- Classes: {', '.join(card['classes'])}",
+        f"- Architecture: {card['architecture']}; {card['parameters']:,} parameters; input {card['input_size']} px, 1 channel",
+        f"- Initialisation: {card['init_note']}",
+        f"- Intensity: {card['intensity']}",
+        "", "## Data", "",
+        f"- Folder: `{card['data']['root']}`",
+        f"- Split: {card['data']['split']}",
+        f"- Training images per class: {card['data']['train_counts']}",
+        f"- Validation images per class: {card['data']['val_counts']}",
+        f"- Augmentation: {card['augmentation']}",
+        "", "## Training", "",
+        f"- Command: `{card['command']}`",
+        f"- Recipe: {json.dumps(card['recipe'])}",
+        f"- Hardware: {card['hardware']}; {card['training_seconds']} s training",
+        "", "## Validation", "",
+        f"- Protocol: {card['validation_protocol']}",
+    ]
+    if "auc" in v:
+        lines += [f"- Accuracy: {_fmt_ci(v, 'accuracy')}", f"- F1 (COVID-19): {_fmt_ci(v, 'f1')}",
+                  f"- ROC AUC: {_fmt_ci(v, 'auc')}", f"- Images: {v.get('n')}"]
+    elif v:
+        lines += [f"- {k}: {val}" for k, val in v.items()]
+    lines += ["", "## Limitations", "",
+              "- Slice-level model on 2-D images; study verdicts pool slice scores (see ctscreen.inference.classifier).",
+              "- Public influenza-A CT is not available: a COVID-19 vs non-COVID model cannot tell influenza from "
+              "other pneumonia. Train a three-way model on your own studies with `ctscreen train-classifier`.", ""]
+    atomic_write(out.with_suffix(".md"), "\n".join(lines).encode())
+    atomic_write(out.with_suffix(".json"), (json.dumps(card, indent=2) + "\n").encode())
+
+
+# ---------------------------------------------------------------- evaluation
+
+def evaluate_folders(clf: C.LoadedClassifier, covid: Path, non_covid: Path, tta: bool = True) -> dict[str, Any]:
+    """Score every image of two folders with a loaded classifier."""
+    files, labels = [], []
+    for folder, lab in ((Path(covid), 1), (Path(non_covid), 0)):
+        if not folder.is_dir():
+            raise DataError(f"{folder}: not a folder of images")
+        fs = _images_in(folder)
+        if not fs:
+            raise DataError(f"{folder}: no .png/.jpg images in this folder")
+        files += fs
+        labels += [lab] * len(fs)
+    imgs, ok_files, ok_labels, skipped = [], [], [], []
+    for f, lab in zip(files, labels):
+        try:
+            imgs.append(C.unit_to_input(C.read_gray_image(f), clf.input_size)[None])
+            ok_files.append(f)
+            ok_labels.append(lab)
+        except ValueError as exc:
+            skipped.append(str(exc))
+    x = np.stack(imgs).astype(np.float32)
+    probs = C.predict_batches(clf, x, batch_size=32, tta=tta)
+    pos = clf.positive_index
+    p = probs[:, pos]
+    y = np.asarray(ok_labels, bool)
+    m = binary_metrics(y, p)
+    m["ci95"] = bootstrap_ci(y, p)
+    return {"model": clf.name, "model_version": clf.version, "images": int(len(y)), "covid_images": int(y.sum()),
+            "non_covid_images": int((~y).sum()), **m, "threshold": 0.5, "skipped": skipped,
+            "per_image": [{"file": f.name, "folder": "covid" if lab else "non_covid", "p_covid": round(float(q), 4)}
+                          for f, lab, q in zip(ok_files, ok_labels, p)], "notice": RESEARCH_NOTICE}
