@@ -117,3 +117,31 @@ def test_no_sop_instance_uids_needed_and_no_patient_data(tmp_path):
     with pytest.raises(ExportError, match="exists"):
         write_nifti(res, out)
     write_nifti(res, out, force=True)
+
+
+def test_analysis_folder_round_trip(tmp_path):
+    """An analyze --nifti folder re-opens with the same geometry, maps and measurements."""
+    import json
+
+    from ctscreen.io.export_report import write_report_json
+    from ctscreen.io.nifti import is_analysis_folder, read_analysis_folder
+
+    syn = synthetic_series(tmp_path, n=5, rows=6, cols=8, **CASES["feet-first-supine"])
+    vol = load_series(syn.folder)
+    lesion = np.zeros(vol.shape, np.uint8)
+    lesion[1:3, 2:4, 3:6] = GGO
+    res = result_for(vol, lesion=lesion, lung=np.ones(vol.shape, np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert not is_analysis_folder(out)
+    write_report_json(res, out / "report.json")
+    write_nifti(res, out)
+    assert is_analysis_folder(out)
+    back = read_analysis_folder(out)
+    assert np.array_equal(back.volume.hu, vol.hu) and np.array_equal(back.lesion, lesion)
+    assert back.volume.spacing_mm == pytest.approx(vol.spacing_mm)
+    assert back.volume.origin_mm == pytest.approx(vol.origin_mm)
+    assert np.allclose(back.volume.direction, vol.direction)
+    assert back.volume.series_instance_uid == vol.series_instance_uid
+    assert back.model_name == json.loads((out / "report.json").read_text())["model"]["name"]
+    assert back.measurements.lesion_volume_ml == pytest.approx(res.measurements.lesion_volume_ml)

@@ -168,3 +168,67 @@ def write_nifti_file(result: Any, path: str | os.PathLike, kind: str, force: boo
     if kind not in arrays:
         raise ValueError(f"unknown NIfTI export {kind!r}")
     return atomic_write(path, nifti_bytes(result.volume, arrays[kind], kind), force=force)
+
+
+def volume_from_nifti(img: Any, **fields: Any) -> Any:
+    """The :class:`~ctscreen.imaging.volume.Volume` of a NIfTI written by :func:`nifti_bytes` (inverse of
+    :func:`volume_affine`); ``fields`` set its identifiers (``series_instance_uid``, ...)."""
+    from ctscreen.imaging.volume import Volume
+
+    aff = np.asarray(img.affine, float)
+    cols = _LPS_TO_RAS @ aff[:3, :3]  # LPS vectors of NIfTI axes i (x), j (y), k (z)
+    steps = np.linalg.norm(cols, axis=0)
+    if np.any(steps <= 0):
+        raise ExportError("the NIfTI affine has a zero-length axis \u2014 it was not written by ctscreen")
+    sx, sy, sz = (float(s) for s in steps)
+    direction = np.column_stack([cols[:, 2] / sz, cols[:, 1] / sy, cols[:, 0] / sx])
+    origin = _LPS_TO_RAS @ aff[:3, 3]
+    hu = np.asarray(img.dataobj).transpose(2, 1, 0)
+    hu = np.ascontiguousarray(hu.astype(np.int16) if np.issubdtype(hu.dtype, np.integer) else hu.astype(np.float32))
+    nz = hu.shape[0]
+    z_mm = tuple(float(origin[2] + direction[2, 0] * sz * k) for k in range(nz))
+    return Volume(hu=hu, spacing_mm=(sz, sy, sx), origin_mm=tuple(float(v) for v in origin), direction=direction,
+                  z_mm=z_mm, **fields)
+
+
+def is_analysis_folder(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` holds a ``ctscreen analyze --nifti`` output (report.json and the three NIfTIs)."""
+    f = Path(folder)
+    return f.is_dir() and (f / "report.json").is_file() and all((f / n).is_file() for n in NIFTI_NAMES)
+
+
+def read_analysis_folder(folder: str | os.PathLike) -> Any:
+    """Re-open the :class:`~ctscreen.imaging.result.AnalysisResult` of a ``ctscreen analyze --nifti`` folder.
+
+    The CT, lung and lesion maps come from the NIfTIs, the model and series
+    identifiers from ``report.json``; the measurements are recomputed from the maps
+    (the same function the analysis used). Grad-CAM maps and probabilities are not
+    stored there and are absent.
+    """
+    import json
+
+    import nibabel as nib
+
+    from ctscreen.imaging.measurements import measure_volume
+    from ctscreen.imaging.result import AnalysisResult
+
+    f = Path(folder)
+    try:
+        report = json.loads((f / "report.json").read_text(encoding="utf-8"))
+        ct = nib.load(str(f / NIFTI_CT))
+        lung = np.asarray(nib.load(str(f / NIFTI_LUNG)).dataobj).transpose(2, 1, 0).astype(np.uint8)
+        lesion = np.asarray(nib.load(str(f / NIFTI_LESIONS)).dataobj).transpose(2, 1, 0).astype(np.uint8)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise ExportError(f"cannot read the analysis in {f}: {exc} \u2014 run ctscreen analyze --nifti again") from exc
+    series = report.get("series", {}) or {}
+    model = report.get("model", {}) or {}
+    vol = volume_from_nifti(ct, series_instance_uid=str(series.get("series_instance_uid") or ""),
+                            study_instance_uid=str(series.get("study_instance_uid") or ""),
+                            series_description=str(series.get("series_description") or ""),
+                            frame_of_reference_uid=str(series.get("frame_of_reference_uid") or ""))
+    if lung.shape != vol.shape or lesion.shape != vol.shape:
+        raise ExportError(f"the NIfTIs in {f} have different shapes \u2014 run ctscreen analyze --nifti again")
+    return AnalysisResult(volume=vol, lung=lung, lesion=lesion, lesion_prob=(lesion > 0).astype(np.float16),
+                          measurements=measure_volume(vol, lesion, lung), model_name=str(model.get("name", "")),
+                          model_version=str(model.get("version", "")), device=str(model.get("device", "")),
+                          warnings=tuple(report.get("warnings", ()) or ()))
