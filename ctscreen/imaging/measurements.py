@@ -479,6 +479,23 @@ def measure_volume(volume: Any, lesion: np.ndarray, lung: np.ndarray, **kwargs: 
     axis-0 vector has no z component) ``volume.z_mm`` is trusted as is; with no
     ``z_mm`` either, slice 0 is taken as the most superior.
     """
+    return measure(
+        lesion,
+        lung,
+        volume.spacing_mm,
+        z_mm=slice_z_mm(volume),
+        sop_instance_uids=volume.sop_instance_uids or None,
+        instance_numbers=volume.instance_numbers or None,
+        **kwargs,
+    )
+
+
+def slice_z_mm(volume: Any) -> np.ndarray | None:
+    """Slice positions growing towards the head, as :func:`measure_volume` uses them (None: unknown).
+
+    ``volume.z_mm`` unless the volume's direction says the slices run the other way
+    along LPS z, in which case the LPS z of each slice.
+    """
     nz = volume.shape[0]
     dz = float(volume.spacing_mm[0])
     direction = np.asarray(volume.direction, dtype=float)
@@ -487,12 +504,24 @@ def measure_volume(volume: Any, lesion: np.ndarray, lung: np.ndarray, **kwargs: 
         lps_z = float(volume.origin_mm[2]) + direction[2, 0] * dz * np.arange(nz)
         if z is None or (nz > 1 and np.sign(z[-1] - z[0]) != np.sign(lps_z[-1] - lps_z[0])):
             z = lps_z
-    return measure(
-        lesion,
-        lung,
-        volume.spacing_mm,
-        z_mm=z,
-        sop_instance_uids=volume.sop_instance_uids or None,
-        instance_numbers=volume.instance_numbers or None,
-        **kwargs,
-    )
+    return z
+
+
+def slice_thirds(volume: Any, lung: np.ndarray) -> dict[str, np.ndarray]:
+    """Third of each slice per lung, as the zones of :func:`measure_volume` define them.
+
+    Returns ``{"right": a, "left": a}`` with ``a[k]`` 0 (upper), 1 (middle), 2 (lower)
+    within that lung's craniocaudal extent and -1 outside it.
+    """
+    lung = np.asarray(lung)
+    nz = lung.shape[0]
+    dz = float(volume.spacing_mm[0])
+    z = slice_z_mm(volume)
+    if z is None:
+        z = -np.arange(nz, dtype=float) * dz
+    half = _half_thickness(z, dz)
+    out = {}
+    for side, label in (("right", RIGHT), ("left", LEFT)):
+        present = np.array([bool((lung[k] == label).any()) for k in range(nz)])
+        out[side] = _zone_of_slices(z, present, half)
+    return out
