@@ -45,6 +45,9 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
+import struct
+import zlib
 import warnings as _warnings
 from collections.abc import Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -271,10 +274,45 @@ class LoadProgress:
 # --------------------------------------------------------------------------- scanning
 
 
+def _file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, in words."""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "not a regular file"
+
+
+class _NotRegularFile(OSError):
+    """A path that is a pipe, socket or device: never read (a FIFO would block)."""
+
+
+def _open_regular(path: str) -> io.BufferedReader:
+    """Open ``path`` for reading only if it is a regular file.
+
+    The file is opened non-blocking, so a named pipe without a writer cannot
+    block, and checked with ``fstat`` on the open descriptor (no race with a
+    swapped path); a pipe, socket or device raises :class:`_NotRegularFile`.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _NotRegularFile(f"{_file_kind(mode)}, not a file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _sniff(path: str) -> str:
     """Cheap test of a file's first bytes: "part10" (preamble + DICM), "headless"
     (starts with a group 0002/0008 element in either byte order) or ""."""
-    with open(path, "rb") as fh:  # OSError is the caller's to report
+    with _open_regular(path) as fh:  # OSError is the caller's to report
         head = fh.read(132)
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "part10"
@@ -285,29 +323,146 @@ def _sniff(path: str) -> str:
 
 _HEADER_CHUNK = 65536
 _PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # (7FE0,0010) LE / BE
+_IDENTIFYING = ("SOPClassUID", "Modality", "Rows", "SeriesInstanceUID")
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+@dataclass(frozen=True)
+class _PixelInfo:
+    """Where a file's Pixel Data lies, from the header read (no pixel byte read).
+
+    ``offset`` is the first byte of the value in ``data_size`` bytes of dataset
+    (the file, or its inflated dataset for the deflated transfer syntax);
+    ``length`` is None for encapsulated (compressed) pixel data.
+    """
+
+    offset: int
+    length: int | None
+    data_size: int
+    little: bool
+    deflated: bool = False
+    complete: bool = True  # False: data_size is a lower bound (deflated stream not inflated to its end)
+
+
+def _pixel_info(data: bytes, pos: int, ds: Dataset, data_size: int, deflated: bool = False,
+                complete: bool = True) -> _PixelInfo | None:
+    """Parse the Pixel Data element header at ``pos`` of ``data`` (where the header parse stopped)."""
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        implicit, little = ds.is_implicit_VR, ds.is_little_endian
+    end = "<" if little in (True, None) else ">"
+    head = data[pos:pos + 12]
+    if len(head) < 8 or head[:4] not in _PIXEL_DATA_TAGS:
+        return None
+    if implicit:
+        length, offset = struct.unpack(end + "I", head[4:8])[0], pos + 8
+    elif head[4:6] in _LONG_VRS:
+        if len(head) < 12:
+            return None
+        length, offset = struct.unpack(end + "I", head[8:12])[0], pos + 12
+    else:
+        length, offset = struct.unpack(end + "H", head[6:8])[0], pos + 8
+    return _PixelInfo(offset, None if length == 0xFFFFFFFF else int(length), data_size,
+                      end == "<", deflated, complete)
+
+
+def _parse_header(data: bytes) -> tuple[Dataset | None, int, Exception | None]:
+    bio = io.BytesIO(data)
+    try:
+        ds = pydicom.dcmread(bio, stop_before_pixels=True, force=True)
+    except Exception as exc:  # noqa: BLE001 - the caller decides
+        return None, bio.tell(), exc
+    return ds, bio.tell(), None
+
+
+def _inflate(fh: Any, max_bytes: int) -> tuple[bytes, bool]:
+    """Inflate a raw deflate stream from ``fh``, at most ``max_bytes``; (data, reached the end)."""
+    d = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = bytearray()
+    while not d.eof:
+        chunk = d.unconsumed_tail or fh.read(_HEADER_CHUNK)
+        if not chunk:
+            break
+        out += d.decompress(chunk, max_bytes + 1 - len(out))
+        if len(out) > max_bytes:
+            return bytes(out[:max_bytes]), False
+    return bytes(out), True
+
+
+def _deflated_meta(data: bytes) -> tuple[Any, int] | None:
+    """(file meta, offset of the deflated dataset) of a part-10 file in the deflated syntax, else None."""
+    if _DEFLATED_TS.encode() not in data[:4096]:
+        return None
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    bio = io.BytesIO(data)
+    read_preamble(bio, True)
+    meta = _read_file_meta_info(bio)
+    if str(getattr(meta, "TransferSyntaxUID", "")) != _DEFLATED_TS:
+        return None
+    return meta, bio.tell()
+
+
+def _read_deflated(path: str, fh: Any, data: bytes, max_bytes: int) -> tuple[Dataset, bytes, _PixelInfo | None] | None:
+    found = _deflated_meta(data)
+    if found is None:
+        return None
+    meta, start = found
+    fh.seek(start)
+    inflated, complete = _inflate(fh, max_bytes)
+    ds, pos, exc = _parse_header(inflated)
+    if ds is None:
+        raise ValueError(f"deflated dataset cannot be parsed ({type(exc).__name__}: {exc})")
+    ds.file_meta = meta
+    pix = _pixel_info(inflated, pos, ds, len(inflated), deflated=True, complete=complete)
+    if pix is None and not complete:
+        raise ValueError(f"deflated header inflates to more than {max_bytes >> 20} MiB — not read")
+    return ds, inflated, pix
+
+
+def _read_header_info(path: str) -> tuple[Dataset, _PixelInfo | None]:
+    """Header without pixel data, and where the pixel data lies, within a byte budget.
+
+    The first 64 KiB are parsed in memory (a third faster than from the file;
+    the scan is on the path to the first slice on screen). That result is
+    trusted when parsing stopped exactly at the Pixel Data tag, or when the chunk
+    is the whole file. Otherwise, if the chunk held an identifiable DICOM
+    header, at most :data:`HEADER_BUDGET_BYTES` are parsed; a header that does
+    not end within them is refused. A deflated dataset is inflated with the same
+    budget (a deflate bomb stops there). Pipes, sockets and devices are never read.
+    """
+    with _open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        data = fh.read(_HEADER_CHUNK)
+        deflated = _read_deflated(path, fh, data, HEADER_BUDGET_BYTES)
+        if deflated is not None:
+            ds, _, pix = deflated
+            return ds, pix
+        ds, pos, exc = _parse_header(data)
+        if ds is not None and data[pos:pos + 4] in _PIXEL_DATA_TAGS:
+            return ds, _pixel_info(data, pos, ds, size)
+        if len(data) >= size:  # the whole file: what was parsed is all there is
+            if ds is None:
+                raise exc  # type: ignore[misc]
+            return ds, _PixelInfo(size, 0, size, True) if "Rows" in ds else None
+        if ds is not None and not any(k in ds for k in _IDENTIFYING):
+            return ds, None  # nothing DICOM-like in 64 KiB: do not read on (a sparse or garbage file)
+        fh.seek(0)
+        data = fh.read(HEADER_BUDGET_BYTES)
+    ds, pos, exc = _parse_header(data)
+    if ds is not None and data[pos:pos + 4] in _PIXEL_DATA_TAGS:
+        return ds, _pixel_info(data, pos, ds, size)
+    if len(data) >= size:
+        if ds is None:
+            raise exc  # type: ignore[misc]
+        return ds, _PixelInfo(size, 0, size, True) if "Rows" in ds else None
+    raise ValueError(f"no Pixel Data within the first {HEADER_BUDGET_BYTES >> 20} MiB "
+                     f"of a {size / 2**20:.0f} MiB file — damaged or not an image")
 
 
 def _read_header(path: str) -> Dataset:
-    """Header without pixel data; parses an in-memory chunk when the header fits in it.
-
-    Parsing from memory is about a third faster than from the file object (the
-    scan is on the path to the first slice on screen). The chunk result is
-    trusted only when parsing stopped exactly at the Pixel Data tag, or when the
-    chunk is the whole file; otherwise the file is parsed again from disk.
-    """
-    with open(path, "rb") as fh:
-        data = fh.read(_HEADER_CHUNK)
-    if len(data) == _HEADER_CHUNK:
-        bio = io.BytesIO(data)
-        try:
-            ds = pydicom.dcmread(bio, stop_before_pixels=True, force=True)
-        except Exception:
-            ds = None
-        pos = bio.tell()
-        if ds is not None and data[pos:pos + 4] in _PIXEL_DATA_TAGS:
-            return ds
-        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+    """Header without pixel data (see :func:`_read_header_info`)."""
+    return _read_header_info(path)[0]
 
 
 def _iter_files(root: Path, errors: list[str]) -> Iterable[str]:
@@ -384,58 +539,274 @@ def _float_or(value: Any, default: float) -> float:
     return v if np.isfinite(v) else default
 
 
-def _functional_group(ds: Dataset, index: int, keyword: str) -> Dataset | None:
+class _Dropped(Exception):
+    """A file whose header contradicts its pixel data: skipped, named in the series' warnings."""
+
+
+def _raw_text(value: Any) -> str:
+    many = hasattr(value, "__iter__") and not isinstance(value, (str, bytes))
+    text = "\\".join(str(v) for v in value) if many else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_orientation(raw: Any) -> tuple[tuple[float, ...] | None, str]:
+    """(orientation, '') when ``raw`` is two perpendicular unit vectors (within
+    :data:`ORIENTATION_TOL`), else (None, what is wrong); (None, '') when absent."""
+    if raw is None:
+        return None, ""
+    ori = _floats(raw, 6)
+    if ori is None:
+        return None, f"{_raw_text(raw)!r} is not six finite numbers"
+    if max(abs(v) for v in ori) > 1 + ORIENTATION_TOL:
+        return None, f"{_raw_text(raw)} has components beyond 1"
+    r, c = np.asarray(ori[:3]), np.asarray(ori[3:])
+    nr, nc = float(np.linalg.norm(r)), float(np.linalg.norm(c))
+    if abs(nr - 1) > ORIENTATION_TOL or abs(nc - 1) > ORIENTATION_TOL or abs(float(r @ c)) > ORIENTATION_TOL:
+        return None, f"{_raw_text(raw)} is not two perpendicular unit vectors"
+    return ori, ""
+
+
+def _check_position(raw: Any) -> tuple[tuple[float, float, float] | None, str]:
+    if raw is None:
+        return None, ""
+    pos = _floats(raw, 3)
+    if pos is None:
+        return None, f"{_raw_text(raw)!r} is not three finite numbers"
+    if max(abs(v) for v in pos) > MAX_POSITION_MM:
+        return None, f"{_raw_text(raw)} lies beyond {MAX_POSITION_MM:g} mm"
+    return pos, ""  # type: ignore[return-value]
+
+
+def _check_pixel_spacing(raw: Any, modality: str) -> tuple[tuple[float, float] | None, str]:
+    if raw is None:
+        return None, ""
+    ps = _floats(raw, 2)
+    if ps is None:
+        return None, f"{_raw_text(raw)!r} is not two finite numbers"
+    lo, hi = PIXEL_SPACING_RANGE_MM if modality == "CT" else (1e-6, 1000.0)
+    if not all(lo <= v <= hi for v in ps):
+        return None, f"{_raw_text(raw)} mm is outside {lo:g}-{hi:g} mm"
+    return ps, ""  # type: ignore[return-value]
+
+
+def _check_rescale(raw_slope: Any, raw_intercept: Any, modality: str,
+                   slope: float = 1.0, intercept: float = 0.0) -> tuple[float, float, list[tuple[str, str]]]:
+    """Modality LUT of a frame (defaults ``slope``/``intercept``) and the problems found."""
+    problems: list[tuple[str, str]] = []
+    if raw_slope is not None:
+        v = _float_or(raw_slope, float("nan"))
+        if not np.isfinite(v) or v == 0:
+            problems.append(("rescale", f"RescaleSlope {_raw_text(raw_slope)!r} is not a non-zero number; "
+                                        f"{slope:g} used"))
+        else:
+            slope = v
+    if raw_intercept is not None:
+        v = _float_or(raw_intercept, float("nan"))
+        if not np.isfinite(v):
+            problems.append(("rescale", f"RescaleIntercept {_raw_text(raw_intercept)!r} is not a number; "
+                                        f"{intercept:g} used"))
+        else:
+            intercept = v
+    if modality == "CT" and slope < 0:
+        problems.append(("inverted", f"RescaleSlope {slope:g} is negative"))
+    return slope, intercept, problems
+
+
+def _frame_bytes(ds: Dataset) -> int:
+    rows, cols = _int_or_none(_get(ds, "Rows")) or 0, _int_or_none(_get(ds, "Columns")) or 0
+    spp = _int_or_none(_get(ds, "SamplesPerPixel")) or 1
+    bits = _int_or_none(_get(ds, "BitsAllocated")) or 16
+    if bits == 1:
+        return (rows * cols * spp + 7) // 8
+    return rows * cols * spp * ((max(bits, 8) + 7) // 8)
+
+
+def _count_fragments(path: str, pix: _PixelInfo, want: int) -> tuple[int, bool]:
+    """Complete non-empty fragments of encapsulated pixel data (after the offset table), up to
+    ``want``; and whether the data ended early or was malformed. Reads 8 bytes per item."""
+    end = "<" if pix.little else ">"
+    n, pos, first = 0, pix.offset, True
+    with _open_regular(path) as fh:
+        while n < want:
+            fh.seek(pos)
+            item = fh.read(8)
+            if len(item) < 8:
+                return n, True
+            group, elem, length = struct.unpack(end + "HHI", item)
+            if (group, elem) == (0xFFFE, 0xE0DD):
+                return n, False
+            if (group, elem) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF or pos + 8 + length > pix.data_size:
+                return n, True
+            if not first and length > 0:
+                n += 1
+            first = False
+            pos += 8 + length
+    return n, False
+
+
+def _frame_count(path: str, ds: Dataset, pix: _PixelInfo | None) -> tuple[int, list[str]]:
+    """NumberOfFrames checked against what the pixel data holds (nothing is allocated here).
+
+    Raises :class:`_Dropped` when the file holds no complete frame.
+    """
+    raw = _text(ds, "NumberOfFrames")
+    claimed = 1 if raw is None else _int_or_none(raw)
+    notes: list[str] = []
+    if claimed is not None and claimed < 1:
+        claimed = None
+    if pix is None:  # pixel data not located by the header read: only the claim to go by
+        if claimed is None:
+            notes.append(f"NumberOfFrames {_raw_text(raw)!r} is not a positive number: 1 frame assumed")
+            return 1, notes
+        if claimed > MAX_FRAMES_PER_FILE:
+            raise _Dropped(f"NumberOfFrames {claimed} is more than {MAX_FRAMES_PER_FILE} and the pixel data "
+                           "could not be checked")
+        return claimed, notes
+    want = min(claimed or MAX_FRAMES_PER_FILE, MAX_FRAMES_PER_FILE)
+    if pix.length is None:  # encapsulated: at least one fragment per frame
+        held, truncated = _count_fragments(path, pix, want)
+        what = "compressed pixel data"
+    else:
+        size = _frame_bytes(ds)
+        if size <= 0:
+            raise _Dropped("Rows, Columns or BitsAllocated is zero")
+        avail = pix.length if (pix.deflated and not pix.complete) else min(pix.length, pix.data_size - pix.offset)
+        held = avail // size
+        truncated = pix.length > pix.data_size - pix.offset and pix.complete
+        what = "pixel data"
+    if held == 0:
+        # Not one complete frame (cut short, or a size the data does not match): one frame is tried,
+        # and the decoder's error names the file and skips the slice (the damage shows when decoding).
+        if claimed is None or claimed > 1:
+            notes.append(f"NumberOfFrames {_raw_text(raw)!r} but its {what} holds no complete frame: "
+                         "1 frame tried")
+        return 1, notes
+    if claimed is None:
+        n = min(held, MAX_FRAMES_PER_FILE)
+        notes.append(f"NumberOfFrames {_raw_text(raw)!r} is not a positive number: the {n} frame(s) "
+                     f"its {what} holds were read")
+    elif claimed > held:
+        n = held
+        notes.append(f"NumberOfFrames is {claimed} but its {what} holds {held} frame(s)"
+                     + (" (truncated)" if truncated else "") + f": {held} read")
+    else:
+        n = claimed
+    return n, notes
+
+
+def _functional_group(ds: Dataset, index: int, keyword: str, per_frame: Any = None, shared: Any = None
+                      ) -> Dataset | None:
     """Item of a functional group macro for one frame (per-frame wins over shared)."""
-    for groups_kw, i in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
-        groups = _get(ds, groups_kw)
-        if groups is None or len(groups) <= i:
+    if per_frame is None and shared is None:
+        per_frame = _get(ds, "PerFrameFunctionalGroupsSequence")
+        shared = _get(ds, "SharedFunctionalGroupsSequence")
+    for groups, i in ((per_frame, index), (shared, 0)):
+        try:
+            if groups is None or len(groups) <= i:
+                continue
+            seq = groups[i].get(keyword)
+            if seq:
+                return seq[0]
+        except Exception:  # a damaged item reads as missing
             continue
-        seq = groups[i].get(keyword)
-        if seq:
-            return seq[0]
     return None
 
 
-def _frames_of(path: str, ds: Dataset) -> list[_Frame]:
-    n_frames = _int_or_none(_text(ds, "NumberOfFrames")) or 1
+def _frames_of(path: str, ds: Dataset, pix: _PixelInfo | None = None, notes: list[str] | None = None
+               ) -> list[_Frame]:
+    """The frames of one file, with their geometry checked (invalid values are left out and
+    recorded in ``_Frame.problems``); file-level notes go to ``notes``.
+
+    Raises :class:`_Dropped` when the file holds no usable image.
+    """
+    notes = notes if notes is not None else []
+    modality = str(_get(ds, "Modality", "") or "")
+    rows, cols = _int_or_none(_get(ds, "Rows")), _int_or_none(_get(ds, "Columns"))
+    if not rows or not cols or rows < 1 or cols < 1 or rows > 65535 or cols > 65535:
+        raise _Dropped(f"image size {_raw_text(_text(ds, 'Rows'))}x{_raw_text(_text(ds, 'Columns'))} is not valid")
+    n_frames, frame_notes = _frame_count(path, ds, pix)
+    notes.extend(frame_notes)
     # An empty SOPInstanceUID stays empty (never a file path: a path can carry a patient's name);
     # such slices are identified by InstanceNumber and position.
     sop = str(_text(ds, "SOPInstanceUID") or "")
     inst = _int_or_none(_text(ds, "InstanceNumber"))
-    slope = _float_or(_text(ds, "RescaleSlope"), 1.0)
-    intercept = _float_or(_text(ds, "RescaleIntercept"), 0.0)
-    if slope == 0.0:
-        slope = 1.0
-    enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+    slope, intercept, base_problems = _check_rescale(_text(ds, "RescaleSlope"), _text(ds, "RescaleIntercept"),
+                                                     modality)
+    per_frame = _get(ds, "PerFrameFunctionalGroupsSequence")
+    shared = _get(ds, "SharedFunctionalGroupsSequence")
+    enhanced = per_frame is not None or shared is not None
     if not enhanced:
-        pos = _floats(_text(ds, "ImagePositionPatient"), 3)
-        ori = _floats(_text(ds, "ImageOrientationPatient"), 6)
-        ps = _floats(_text(ds, "PixelSpacing"), 2)
+        pos, pos_p = _check_position(_text(ds, "ImagePositionPatient"))
+        ori, ori_p = _check_orientation(_text(ds, "ImageOrientationPatient"))
+        ps, ps_p = _check_pixel_spacing(_text(ds, "PixelSpacing"), modality)
+        problems = tuple(base_problems) + tuple(
+            (k, d) for k, d in (("position", pos_p), ("orientation", ori_p), ("spacing", ps_p)) if d)
         if n_frames == 1:
-            return [_Frame(path, None, pos, ori, ps, inst, sop, slope, intercept, ds)]
+            return [_Frame(path, None, pos, ori, ps, inst, sop, slope, intercept, ds, 1, pix, problems)]
         # Legacy multi-frame (MR, NM...): no per-frame geometry; frames in file order.
-        return [_Frame(path, i, None, ori, ps, i + 1, f"{sop}#{i + 1}" if sop else "", slope, intercept, ds)
-                for i in range(n_frames)]
+        return [_Frame(path, i, None, ori, ps, i + 1, f"{sop}#{i + 1}" if sop else "", slope, intercept, ds,
+                       n_frames, pix,
+                       problems) for i in range(n_frames)]
+    try:
+        n_items = len(per_frame) if per_frame is not None else 0
+    except Exception:
+        n_items = 0
+    if per_frame is not None and 0 < n_items < n_frames:
+        notes.append(f"PerFrameFunctionalGroupsSequence has {n_items} item(s) for {n_frames} frames: "
+                     f"only the first {n_items} frame(s) read")
+        n_frames = n_items
     frames = []
     for i in range(n_frames):
-        pp = _functional_group(ds, i, "PlanePositionSequence")
-        po = _functional_group(ds, i, "PlaneOrientationSequence")
-        pm = _functional_group(ds, i, "PixelMeasuresSequence")
-        pv = _functional_group(ds, i, "PixelValueTransformationSequence")
-        fc = _functional_group(ds, i, "FrameContentSequence")
-        f_slope = _float_or(pv.get("RescaleSlope"), slope) if pv is not None else slope
+        pp = _functional_group(ds, i, "PlanePositionSequence", per_frame, shared)
+        po = _functional_group(ds, i, "PlaneOrientationSequence", per_frame, shared)
+        pm = _functional_group(ds, i, "PixelMeasuresSequence", per_frame, shared)
+        pv = _functional_group(ds, i, "PixelValueTransformationSequence", per_frame, shared)
+        fc = _functional_group(ds, i, "FrameContentSequence", per_frame, shared)
+        pos, pos_p = _check_position(_get(pp, "ImagePositionPatient") if pp is not None else None)
+        ori, ori_p = _check_orientation(_get(po, "ImageOrientationPatient") if po is not None else None)
+        ps, ps_p = _check_pixel_spacing(_get(pm, "PixelSpacing") if pm is not None else None, modality)
+        if pv is not None:
+            f_slope, f_intercept, f_problems = _check_rescale(_get(pv, "RescaleSlope"), _get(pv, "RescaleIntercept"),
+                                                              modality, slope, intercept)
+        else:
+            f_slope, f_intercept, f_problems = slope, intercept, list(base_problems)
+        problems = tuple(f_problems) + tuple(
+            (k, d) for k, d in (("position", pos_p), ("orientation", ori_p), ("spacing", ps_p)) if d)
         frames.append(_Frame(
-            path, i,
-            _floats(pp.get("ImagePositionPatient"), 3) if pp is not None else None,
-            _floats(po.get("ImageOrientationPatient"), 6) if po is not None else None,
-            _floats(pm.get("PixelSpacing"), 2) if pm is not None else None,
-            (_int_or_none(fc.get("InStackPositionNumber")) if fc is not None else None) or i + 1,
-            f"{sop}#{i + 1}" if sop else "",
-            f_slope if f_slope != 0.0 else 1.0,
-            _float_or(pv.get("RescaleIntercept"), intercept) if pv is not None else intercept,
-            ds,
+            path, i, pos, ori, ps,
+            (_int_or_none(_get(fc, "InStackPositionNumber")) if fc is not None else None) or i + 1,
+            f"{sop}#{i + 1}" if sop else "", f_slope, f_intercept, ds, n_frames, pix, problems,
         ))
     return frames
+
+
+_PROBLEM_TEXT = {
+    "orientation": ("ImageOrientationPatient", "not used"),
+    "position": ("ImagePositionPatient", "treated as missing"),
+    "spacing": ("PixelSpacing", "not used"),
+    "rescale": ("Modality LUT", "defaults used"),
+    "inverted": ("RescaleSlope", "densities would be inverted"),
+}
+
+
+def _problem_notes(frames: Iterable[_Frame]) -> tuple[list[str], list[str]]:
+    """Warnings for header values found invalid in these frames, and reasons not to analyse."""
+    frames = list(frames)
+    by_kind: dict[str, list[tuple[_Frame, str]]] = {}
+    for f in frames:
+        for kind, detail in f.problems:
+            by_kind.setdefault(kind, []).append((f, detail))
+    warnings, reasons = [], []
+    for kind, items in by_kind.items():
+        what, action = _PROBLEM_TEXT.get(kind, (kind, "not used"))
+        names = ", ".join(f.name for f, _ in items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+        warnings.append(f"{what} of {len(items)} of {len(frames)} slice(s) is invalid ({items[0][1]}; {names}): "
+                        f"{action}")
+    if "orientation" in by_kind and not any(f.orientation is not None for f in frames):
+        reasons.append(f"slice orientation invalid (ImageOrientationPatient {by_kind['orientation'][0][1]})")
+    if "inverted" in by_kind:
+        reasons.append(f"{by_kind['inverted'][0][1]}: CT densities would be inverted")
+    return warnings, reasons
 
 
 def _transfer_syntax(ds: Dataset) -> str:
@@ -518,7 +889,9 @@ def _pixel_spacing(frames: list[_Frame]) -> tuple[tuple[float, float], str]:
 
 
 def _analysable_reason(modality: str, spp: int, orientation: tuple[float, ...] | None,
-                       n_slices: int, bits_stored: int | None = None) -> str:
+                       n_slices: int, bits_stored: int | None = None, extra: Iterable[str] = ()) -> str:
+    """Why a series cannot be analysed ('' when it can); ``extra``: reasons found in its headers."""
+    extra = [r for r in extra if r]
     reasons = []
     if modality != "CT":
         reasons.append(f"modality is {modality or 'unknown'}, not CT")
@@ -529,13 +902,16 @@ def _analysable_reason(modality: str, spp: int, orientation: tuple[float, ...] |
         reasons.append(f"{bits_stored}-bit pixels cannot hold CT densities (Hounsfield units); "
                        "use the original CT images, not an 8-bit export")
     plane = _plane(orientation)
-    if plane == "unknown":
+    if plane == "unknown" and any(r.startswith("slice orientation invalid") for r in extra):
+        pass  # said by the extra reason
+    elif plane == "unknown":
         reasons.append("slice orientation unknown (no ImageOrientationPatient)")
     elif plane != "axial":
         reasons.append(f"not an axial series ({plane} slices)")
     if n_slices < MIN_SLICES_FOR_ANALYSIS:
         reasons.append(f"too few slices for a 3-D analysis ({n_slices} slice{'s' if n_slices != 1 else ''}; "
                        f"at least {MIN_SLICES_FOR_ANALYSIS} needed)")
+    reasons.extend(r for r in dict.fromkeys(extra) if r not in reasons)
     return "; ".join(reasons)
 
 
@@ -546,6 +922,8 @@ class _Arrangement:
     z_spacing_mm: float
     axis0: np.ndarray | None  # LPS unit vector of increasing slice index
     warnings: tuple[str, ...]
+    #: Why the z geometry is not fit for measurements ('' when it is): an implausible slice spacing.
+    problem: str = ""
 
 
 def _arrange(frames: list[_Frame]) -> _Arrangement:
@@ -599,14 +977,23 @@ def _arrange(frames: list[_Frame]) -> _Arrangement:
                 warnings.append(f"uneven slice spacing: {diffs.min():.2f} to {diffs.max():.2f} mm "
                                 f"(median {med:.2f} mm used for the volume)")
         else:
-            med = _float_or(_get(frames[kept[0]].header, "SpacingBetweenSlices"), 1.0) if kept else 1.0
+            med, note = _spacing_between_slices(frames[kept[0]].header if kept else None)
+            if note:
+                warnings.append(note)
+        problem = ""
+        lo, hi = SLICE_SPACING_RANGE_MM
+        if len(diffs) and not lo <= med <= hi:
+            problem = f"slice spacing {med:.4g} mm is implausible for CT (expected {lo:g}-{hi:g} mm)"
+            warnings.append(problem + ": lengths and volumes along z would be wrong")
         return _Arrangement(tuple(frames[i] for i in kept), tuple(float(v) for v in z),
-                            med, -n, tuple(warnings))
+                            med, -n, tuple(warnings), problem)
     # No geometry: InstanceNumber order (PS3.3 says it is not geometry, hence the warning).
     order = sorted(range(len(frames)),
                    key=lambda i: (frames[i].instance_number is None, frames[i].instance_number or 0,
                                   frames[i].path, frames[i].frame or 0))
-    sbs = _float_or(_get(frames[0].header, "SpacingBetweenSlices"), 0.0) if frames else 0.0
+    sbs, sbs_note = _spacing_between_slices(frames[0].header if frames else None, 0.0)
+    if sbs_note:
+        warnings.append(sbs_note)
     spacing = sbs if sbs > 0 else 1.0
     if len(frames) > 1:
         missing = sum(f.position is None for f in frames)
@@ -621,6 +1008,19 @@ def _arrange(frames: list[_Frame]) -> _Arrangement:
         axis0 = -n if n[int(np.argmax(np.abs(n)))] > 0 else n
     z = tuple(-k * spacing for k in range(len(order)))
     return _Arrangement(tuple(frames[i] for i in order), z, spacing, axis0, tuple(warnings))
+
+
+def _spacing_between_slices(header: Dataset | None, default: float = 1.0) -> tuple[float, str]:
+    """SpacingBetweenSlices when plausible (else ``default``) and a warning when it was not."""
+    raw = _text(header, "SpacingBetweenSlices") if header is not None else None
+    if raw is None:
+        return default, ""
+    v = _float_or(raw, float("nan"))
+    lo, hi = SLICE_SPACING_RANGE_MM
+    if lo <= v <= hi:
+        return v, ""
+    return default, (f"SpacingBetweenSlices {_raw_text(raw)!r} mm is implausible (expected {lo:g}-{hi:g} mm): "
+                     "not used" + (f", {default:g} mm assumed" if default > 0 else ""))
 
 
 def _short_path(path: str) -> str:
@@ -706,10 +1106,11 @@ def _series_info(key: str, frames: list[_Frame], extra_warnings: list[str]) -> S
     arr = _arrange(frames)
     modality = str(_get(hdr, "Modality", "") or "")
     spp = _int_or_none(_get(hdr, "SamplesPerPixel")) or 1
-    ori = frames[0].orientation
+    ori = next((f.orientation for f in frames if f.orientation is not None), None)
     files = tuple(dict.fromkeys(f.path for f in frames))
     syntaxes = tuple(sorted({_transfer_syntax(f.header) for f in frames}))
-    warnings = list(extra_warnings) + list(arr.warnings)
+    problem_warnings, problem_reasons = _problem_notes(frames)
+    warnings = list(extra_warnings) + problem_warnings + list(arr.warnings)
     for ts in syntaxes:
         problem = _decoder_problem(ts)
         if problem:
@@ -745,7 +1146,8 @@ def _series_info(key: str, frames: list[_Frame], extra_warnings: list[str]) -> S
         transfer_syntaxes=syntaxes,
         samples_per_pixel=spp,
         warnings=tuple(warnings),
-        analysable_reason=_analysable_reason(modality, spp, ori, len(arr.frames), bits),
+        analysable_reason=_analysable_reason(modality, spp, ori, len(arr.frames), bits,
+                                             problem_reasons + [arr.problem]),
         frames=tuple(frames),
     )
 
@@ -756,12 +1158,38 @@ def _series_sort_key(s: SeriesInfo) -> tuple:
     return (s.modality != "CT", bool(s.analysable_reason), -s.slice_count, s.z_spacing_mm or float("inf"), s.key)
 
 
-def scan_folder(path: str | os.PathLike[str]) -> ScanResult:
+#: File names that say "DICOM" (or say nothing): such a file that is empty or too short is
+#: likely a slice lost in transfer, and is named in the warnings of the series beside it.
+_DICOM_LIKE_SUFFIXES = frozenset({"", ".dcm", ".dicom", ".dic", ".ima", ".img"})
+
+
+def _suspect_reason(path: str, size: int) -> str:
+    """Why an ignored file may be a lost slice ('' when it looks like any other non-DICOM file)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in _DICOM_LIKE_SUFFIXES and not suffix[1:].isdigit():
+        return ""
+    if size == 0:
+        return "empty"
+    if size < 132:
+        return f"{size} bytes, too short to be DICOM"
+    return "not readable as DICOM" if suffix in (".dcm", ".dicom") else ""
+
+
+def scan_folder(path: str | os.PathLike[str], *, cancel: CancelFlag | None = None) -> ScanResult:
     """Find the DICOM image series under ``path`` (a folder, walked recursively, or one file).
 
-    Reads headers only. Files that are not DICOM are ignored silently and
-    counted; unreadable DICOM files and non-image objects (RTSTRUCT, SEG, SR...)
-    are skipped with a note in ``ScanResult.warnings``.
+    Reads headers only, each within a byte budget; only regular files are opened
+    (named pipes, sockets and devices are skipped with a note). Files that are
+    not DICOM are ignored and counted; unreadable DICOM files and non-image
+    objects (RTSTRUCT, SEG, SR...) are skipped with a note in
+    ``ScanResult.warnings``. A file of a series that is skipped (truncated, no
+    complete image, inconsistent frame count) is also named in that series'
+    warnings, and so are empty or truncated ``.dcm`` files beside a series.
+
+    Parameters
+    ----------
+    cancel
+        Anything with ``is_set()``; checked between files (raises :class:`Cancelled`).
 
     Returns
     -------
@@ -779,45 +1207,74 @@ def scan_folder(path: str | os.PathLike[str]) -> ScanResult:
     ignored = 0
     notes: list[str] = []
     skipped: dict[str, list[str]] = {}
+    dropped: dict[str, list[str]] = {}  # SeriesInstanceUID -> notes on its files that were skipped
+    suspects: dict[str, list[str]] = {}  # folder -> "name (why)" of ignored files that may be lost slices
     # uid -> list of clusters; a cluster is (signature, frames)
     groups: dict[str, list[tuple[tuple, list[_Frame]]]] = {}
     for fpath in _iter_files(root, notes):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("scanning cancelled")
         try:
+            st = os.stat(fpath)
+            if not stat.S_ISREG(st.st_mode):
+                notes.append(f"{fpath}: {_file_kind(st.st_mode)}, not a file — skipped (not read)")
+                continue
             kind = _sniff(fpath)
         except OSError as exc:
             notes.append(f"{fpath}: cannot be read ({exc.strerror or exc}) — skipped")
             continue
         if not kind:
             ignored += 1
+            why = _suspect_reason(fpath, st.st_size)
+            if why:
+                suspects.setdefault(os.path.dirname(fpath), []).append(f"{Path(fpath).name} ({why})")
             continue
         try:
-            ds = _read_header(fpath)
+            ds, pix = _read_header_info(fpath)
         except Exception as exc:  # corrupt header: say which file, go on
-            notes.append(f"{fpath}: unreadable DICOM header ({type(exc).__name__}: {exc}) — skipped")
+            notes.append(f"{fpath}: unreadable DICOM header ({type(exc).__name__}: {_one_line(exc)}) — skipped")
+            suspects.setdefault(os.path.dirname(fpath), []).append(f"{Path(fpath).name} (unreadable header)")
             continue
-        if not any(k in ds for k in ("SOPClassUID", "Modality", "Rows", "SeriesInstanceUID")):
+        if not any(k in ds for k in _IDENTIFYING):
             if kind == "part10":  # a DICOM file whose dataset is missing: cut short
                 notes.append(f"{fpath}: DICOM file without a readable dataset (truncated?) — skipped")
+                suspects.setdefault(os.path.dirname(fpath), []).append(f"{Path(fpath).name} (no readable dataset)")
             else:  # parsed with force=True but holds nothing DICOM-like
                 ignored += 1
             continue
         sop_class = str(_get(ds, "SOPClassUID", "")
                         or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
         modality = str(_get(ds, "Modality", "") or "")
+        uid = str(_get(ds, "SeriesInstanceUID", "") or f"(no SeriesInstanceUID) {Path(fpath).parent}")
         if sop_class == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
             skipped.setdefault("DICOMDIR (folder index)", []).append(fpath)
             continue
         if (modality in NON_IMAGE_MODALITIES or sop_class == _SEG_SOP_CLASS
                 or "Rows" not in ds or "Columns" not in ds):
+            if modality == "CT" and sop_class.startswith("1.2.840.10008.5.1.4.1.1.2"):
+                note = f"{fpath}: CT image header without Rows/Columns (truncated or damaged) — slice skipped"
+                notes.append(note)
+                dropped.setdefault(uid, []).append(note)
+                continue
             skipped.setdefault(modality or "non-image", []).append(fpath)
             continue
+        file_notes: list[str] = []
         try:
-            frames = _frames_of(fpath, ds)
+            frames = _frames_of(fpath, ds, pix, file_notes)
             rows, cols = int(ds.Rows), int(ds.Columns)
-        except Exception as exc:
-            notes.append(f"{fpath}: unusable image header ({type(exc).__name__}: {exc}) — skipped")
+        except _Dropped as exc:
+            note = f"{fpath}: {exc} — slice skipped"
+            notes.append(note)
+            dropped.setdefault(uid, []).append(note)
             continue
-        uid = str(_get(ds, "SeriesInstanceUID", "") or f"(no SeriesInstanceUID) {Path(fpath).parent}")
+        except Exception as exc:
+            note = f"{fpath}: unusable image header ({type(exc).__name__}: {_one_line(exc)}) — skipped"
+            notes.append(note)
+            dropped.setdefault(uid, []).append(note)
+            continue
+        if not frames:
+            continue
+        dropped.setdefault(uid, []).extend(f"{fpath}: {n}" for n in file_notes)
         spp = _int_or_none(_get(ds, "SamplesPerPixel")) or 1
         multi = frames[0].frame is not None
         ori = frames[0].orientation
@@ -834,22 +1291,61 @@ def scan_folder(path: str | os.PathLike[str]) -> ScanResult:
     for kind, paths in skipped.items():
         names = ", ".join(Path(p).name for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         notes.append(f"skipped {len(paths)} {kind} object(s) without a viewable image: {names}")
+    suspect_notes = {
+        folder: (f"{len(items)} file(s) in {Path(folder).name or folder} could not be read as DICOM ("
+                 + ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+                 + "): if they were slices of this series, those slices are missing")
+        for folder, items in suspects.items()}
+    notes.extend(suspect_notes.values())
     series: list[SeriesInfo] = []
     for uid, clusters in groups.items():
+        clusters = _merge_invalid_orientation(clusters)
         for i, ((rows, cols, spp, multi, ori), frames) in enumerate(clusters):
             split_note = []
             if len(clusters) > 1:
                 split_note = [f"SeriesInstanceUID {uid} mixes image sizes or orientations; "
                               f"split into {len(clusters)} series (this is part {i + 1}: "
                               f"{rows}x{cols}, {_plane(ori)})"]
+            folders = dict.fromkeys(os.path.dirname(f.path) for f in frames)
+            extra = split_note + list(dropped.get(uid, ())) + [suspect_notes[d] for d in folders if d in suspect_notes]
             key = uid if len(clusters) == 1 else f"{uid}#{i + 1}"
             try:
-                series.append(_series_info(key, frames, split_note))
+                series.append(_series_info(key, frames, extra))
             except Exception as exc:  # inconsistent headers: report, keep the other series
                 notes.append(f"series {key} in {Path(frames[0].path).parent} skipped: "
-                             f"unusable headers ({type(exc).__name__}: {exc})")
+                             f"unusable headers ({type(exc).__name__}: {_one_line(exc)})")
     series.sort(key=_series_sort_key)
     return ScanResult(series=series, ignored_count=ignored, warnings=tuple(notes))
+
+
+def _one_line(exc: object) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _merge_invalid_orientation(clusters: list[tuple[tuple, list[_Frame]]]) -> list[tuple[tuple, list[_Frame]]]:
+    """Put slices whose ImageOrientationPatient was invalid back into the series of their size.
+
+    Such slices have no orientation and would otherwise form a series of their
+    own; with the others they are placed by position (their problem is named in
+    the series' warnings).
+    """
+    if len(clusters) < 2:
+        return clusters
+    out = []
+    orphans = []
+    for sig, members in clusters:
+        if sig[4] is None and all(any(k == "orientation" for k, _ in f.problems) for f in members):
+            orphans.append((sig, members))
+        else:
+            out.append((sig, members))
+    for sig, members in orphans:
+        home = next((m for s, m in out if s[:4] == sig[:4] and not sig[3]), None)
+        if home is None:
+            out.append((sig, members))
+        else:
+            home.extend(members)
+    return out
 
 
 def no_series_error(path: str | os.PathLike[str], scan: ScanResult) -> NotADicomSeries:
@@ -948,13 +1444,15 @@ def _fast_jpeg(path: str, header: Dataset) -> np.ndarray | None:
     imagecodecs with the GIL released. ``None`` when anything looks unusual
     (the caller then takes pydicom's path).
     """
-    data = Path(path).read_bytes()
+    with _open_regular(path) as fh:
+        data = fh.read()
     at = data.rfind(_ENCAPSULATED_PIXEL_DATA)
     if at < 0:
         return None
     frame = next(pydicom.encaps.generate_frames(data[at + 12:], number_of_frames=1))
     if frame.rstrip(b"\x00")[-2:] != b"\xff\xd9":
         return None  # no EOI marker: truncated stream (libjpeg-turbo would pad it silently)
+    _check_codestream(frame, header)
     arr = np.asarray(_jpeg8_decode(frame))
     if arr.shape != (int(header.Rows), int(header.Columns)) or arr.dtype not in (np.uint8, np.uint16):
         return None
@@ -962,8 +1460,91 @@ def _fast_jpeg(path: str, header: Dataset) -> np.ndarray | None:
                          _int_or_none(_get(header, "PixelRepresentation")) == 1)
 
 
-def _decode_file(path: str, header: Dataset, ts: str, frames: list[int | None]) -> dict[int | None, np.ndarray]:
-    """Stored pixel values of the wanted frames of one file (runs in a worker thread)."""
+def _codestream_size(stream: bytes) -> tuple[int, int] | None:
+    """(rows, columns) a JPEG, JPEG-LS or JPEG 2000 codestream declares, None when not found."""
+    if stream[:2] == b"\xff\xd8":  # JPEG / JPEG-LS: walk the marker segments to the first SOF
+        pos = 2
+        while pos + 4 <= len(stream) and pos < 1 << 20:
+            if stream[pos] != 0xFF:
+                return None
+            marker = stream[pos + 1]
+            if marker == 0xFF:
+                pos += 1
+                continue
+            length = int.from_bytes(stream[pos + 2:pos + 4], "big")
+            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7):
+                seg = stream[pos + 4:pos + 9]
+                if len(seg) < 5:
+                    return None
+                return int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big")
+            if marker == 0xDA or length < 2:
+                return None
+            pos += 2 + length
+        return None
+    if stream[:4] == b"\xff\x4f\xff\x51" and len(stream) >= 24:  # JPEG 2000: SIZ follows SOC
+        xsiz, ysiz, xo, yo = struct.unpack(">IIII", stream[8:24])
+        return ysiz - yo, xsiz - xo
+    return None
+
+
+def _check_codestream(stream: bytes, header: Dataset) -> None:
+    """Refuse a compressed frame whose own size contradicts Rows/Columns before a decoder sees it.
+
+    A decoder told nothing else allocates what the codestream declares (up to
+    65535 x 65535 for JPEG); the header's size is what the volume holds.
+    """
+    size = _codestream_size(stream)
+    rows, cols = _int_or_none(_get(header, "Rows")), _int_or_none(_get(header, "Columns"))
+    if size is not None and size != (rows, cols):
+        raise ValueError(f"the compressed image is {size[0]}x{size[1]} but the header says {rows}x{cols}")
+
+
+def _dataset_for_decoding(path: str, ts: str, pixel: _PixelInfo | None, n_frames: int, header: Dataset) -> Dataset:
+    """The full dataset of a file, read within bounds.
+
+    A deflated dataset is inflated only as far as its header and the frames it
+    holds (a deflate bomb stops there); compressed frames are checked against
+    Rows/Columns before any decoder runs.
+    """
+    if ts == _DEFLATED_TS:
+        need = (pixel.offset if pixel is not None else HEADER_BUDGET_BYTES) + n_frames * _frame_bytes(header) + 65536
+        with _open_regular(path) as fh:
+            data = fh.read(_HEADER_CHUNK)
+            found = _deflated_meta(data)
+            if found is None:
+                raise ValueError("deflated file without readable file meta information")
+            meta, start = found
+            fh.seek(start)
+            inflated, _ = _inflate(fh, need)
+        ds = pydicom.dcmread(io.BytesIO(inflated), force=True)
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.1")
+        return ds
+    with _open_regular(path) as fh:
+        ds = pydicom.dcmread(fh, force=True)
+    try:
+        compressed = UID(ts).is_compressed
+    except ValueError:
+        compressed = False
+    if compressed and "PixelData" in ds:
+        try:
+            fragments = pydicom.encaps.generate_fragments(ds.PixelData)
+            next(fragments)  # the basic offset table
+        except Exception as exc:
+            raise ValueError(f"compressed pixel data is damaged ({exc})") from None
+        for fragment in fragments:
+            if fragment[:2] in (b"\xff\xd8", b"\xff\x4f"):
+                _check_codestream(fragment, header)
+    return ds
+
+
+def _decode_file(path: str, header: Dataset, ts: str, frames: list[int | None], *,
+                 n_frames: int | None = None, pixel: _PixelInfo | None = None) -> dict[int | None, np.ndarray]:
+    """Stored pixel values of the wanted frames of one file (runs in a worker thread).
+
+    ``n_frames`` is the frame count checked against the pixel data by the scan; the
+    decoder is told that, never a NumberOfFrames the pixel data does not hold.
+    """
     if (frames == [None] and _jpeg8_decode is not None and ts in _FAST_JPEG_SYNTAXES
             and (_int_or_none(_get(header, "SamplesPerPixel")) or 1) == 1):
         try:
@@ -972,9 +1553,15 @@ def _decode_file(path: str, header: Dataset, ts: str, frames: list[int | None]) 
             arr = None
         if arr is not None:
             return {None: arr}
-    ds = pydicom.dcmread(path, force=True)
+    n_checked = n_frames or 1
+    ds = _dataset_for_decoding(path, ts, pixel, n_checked, header)
     if "PixelData" not in ds:
         raise ValueError("no pixel data")
+    if n_checked > 1 or "NumberOfFrames" in ds:
+        ds.NumberOfFrames = n_checked
+    for k in ("Rows", "Columns"):  # what the scan checked and the volume holds
+        if k in header:
+            setattr(ds, k, int(header[k].value))
     if "SamplesPerPixel" not in ds:  # old (ACR-NEMA style) files omit these type 1 elements
         ds.SamplesPerPixel = 1
     if "PhotometricInterpretation" not in ds and int(ds.SamplesPerPixel) == 1:
@@ -983,9 +1570,8 @@ def _decode_file(path: str, header: Dataset, ts: str, frames: list[int | None]) 
         ds.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = UID(ts)
     arr = ds.pixel_array
-    n_frames = _int_or_none(_get(ds, "NumberOfFrames")) or 1
     spp = _int_or_none(_get(ds, "SamplesPerPixel")) or 1
-    if n_frames == 1:
+    if n_checked == 1:
         arr = arr[np.newaxis]
     if spp == 3:  # view colour images as luminance (ITU-R BT.601)
         arr = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
@@ -1018,8 +1604,13 @@ def _plan_load(info: SeriesInfo) -> _LoadPlan:
         usable = [f for f in frames if _transfer_syntax(f.header) not in bad]
         if not usable:
             raise UnsupportedTransferSyntax(f"{info.files[0]}: " + "; ".join(bad.values()))
-        warnings.extend(f"skipped {len(frames) - len(usable)} slice(s): {msg}" for msg in bad.values())
-        frames = usable
+        for ts, msg in bad.items():
+            lost = [f for f in frames if _transfer_syntax(f.header) == ts]
+            names = ", ".join(f.name for f in lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+            warnings.append(f"skipped {len(lost)} slice(s) ({names}): {msg}")
+        arr = _arrange(usable)  # the z positions, gaps and spacing without the skipped slices
+        warnings.extend(w for w in arr.warnings if w not in info.warnings)
+        frames = list(arr.frames)
     hdr = frames[0].header
     rows, cols = int(hdr.Rows), int(hdr.Columns)
     disp = _display_transform(info.orientation)
@@ -1090,7 +1681,7 @@ def iter_load_series(
     warnings = list(scan_notes) + list(info.warnings) + plan.warnings
     shape_yx = (cols, rows) if disp.transpose else (rows, cols)
     total = len(frames)
-    out = np.zeros((total,) + shape_yx, dtype=dtype)
+    out = _allocate(info, (total,) + shape_yx, dtype)
 
     # One job per file; frames of a multi-frame file are decoded together.
     jobs: dict[str, list[int]] = {}
@@ -1101,7 +1692,8 @@ def iter_load_series(
         if cancel is not None and cancel.is_set():
             return []
         first = frames[ks[0]]
-        stored = _decode_file(path, first.header, _transfer_syntax(first.header), [frames[k].frame for k in ks])
+        stored = _decode_file(path, first.header, _transfer_syntax(first.header), [frames[k].frame for k in ks],
+                              n_frames=first.n_frames, pixel=first.pixel)
         for k in ks:
             img = stored[frames[k].frame]
             if img.shape[:2] != (rows, cols):
@@ -1165,19 +1757,83 @@ def iter_load_series(
         keep = [k for k in range(total) if k not in failed]
         if not keep:
             raise NotADicomSeries(f"no slice of series {info.key} in {Path(info.files[0]).parent} "
-                                  f"could be decoded: {failed[0]}")
-        out = out[keep]
-        frames = [frames[k] for k in keep]
-        arr = _arrange(frames)  # re-check spacing/gaps without the lost slices
+                                  f"could be decoded: {failed[min(failed)]}")
+        kept = [frames[k] for k in keep]
+        arr = _arrange(kept)  # re-check spacing/gaps without the lost slices
         warnings.extend(w for w in arr.warnings if w not in warnings)
+        # The arrangement may order or leave out slices anew: take the decoded images in its order.
+        where = {(f.path, f.frame): k for k, f in zip(keep, kept)}
+        out = out[[where[(f.path, f.frame)] for f in arr.frames]]
         frames = list(arr.frames)
     if dtype == np.int32:
         out = out.astype(np.int16) if out.min() >= -32768 and out.max() <= 32767 else out.astype(np.float32)
     note = _hu_sanity_note(out, info.modality, frames[0].header)
     if note:
         warnings.append(note)
+    hu_reason = _hu_range_reason(out, info.modality, frames)
+    if hu_reason:
+        warnings.append(hu_reason)
+    return _make_volume(info, frames, out, arr, disp, warnings, [hu_reason])
 
-    return _make_volume(info, frames, out, arr, disp, warnings)
+
+def _available_memory_bytes() -> int:
+    """What one allocation may take: a share of physical memory and of the address-space limit left."""
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            used = 0
+            try:
+                with open("/proc/self/statm") as fh:
+                    used = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, ValueError, IndexError):
+                pass
+            limits.append(max(soft - used, 0))
+    except (ImportError, ValueError, OSError):
+        pass
+    return int(min(limits) * MEMORY_SHARE) if limits else 1 << 62
+
+
+def _allocate(info: SeriesInfo, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """The volume array, refused with a clear error when it cannot fit in memory."""
+    need = int(np.prod(shape, dtype=np.float64) * np.dtype(dtype).itemsize)
+    where = f"series {info.key} in {Path(info.files[0]).parent}"
+    what = f"{shape[0]} slices of {shape[1]}x{shape[2]} need {need / 2**30:.1f} GiB"
+    if need > _available_memory_bytes():
+        raise SeriesGeometryError(f"{where}: {what}, more than this machine can hold — check the "
+                                  "files' NumberOfFrames/Rows/Columns, or load fewer slices")
+    try:
+        return np.zeros(shape, dtype=dtype)
+    except MemoryError:
+        raise SeriesGeometryError(f"{where}: out of memory ({what}) — close other programs or load "
+                                  "fewer slices") from None
+
+
+def _hu_range_reason(hu: np.ndarray, modality: str, frames: list[_Frame]) -> str:
+    """Why the densities of a CT cannot be Hounsfield units ('' when they can be).
+
+    The modality LUT (RescaleSlope/Intercept) maps stored values to HU; a median
+    outside :data:`CT_MEDIAN_HU_RANGE` or non-finite values mean it is wrong, and
+    every density threshold of the analysis would be meaningless.
+    """
+    if modality != "CT" or hu.size == 0:
+        return ""
+    sample = hu[:, ::8, ::8]
+    lut = f"RescaleSlope {frames[0].slope:g}, RescaleIntercept {frames[0].intercept:g}"
+    if sample.dtype.kind == "f" and not np.all(np.isfinite(sample)):
+        return f"densities are not finite numbers ({lut}) — the modality LUT is damaged"
+    med = float(np.median(sample))
+    lo, hi = CT_MEDIAN_HU_RANGE
+    if not lo <= med <= hi:
+        return (f"median density {med:.0f} HU is far outside the CT range ({lut}): the pixel values are not "
+                "Hounsfield units")
+    return ""
 
 
 def _hu_sanity_note(hu: np.ndarray, modality: str, header: Dataset) -> str:
@@ -1198,7 +1854,13 @@ def _hu_sanity_note(hu: np.ndarray, modality: str, header: Dataset) -> str:
 
 
 def _make_volume(info: SeriesInfo, frames: list[_Frame], hu: np.ndarray, arr: _Arrangement,
-                 disp: _Display, warnings: list[str]) -> Volume:
+                 disp: _Display, warnings: list[str], extra_reasons: Iterable[str] = ()) -> Volume:
+    if not (len(frames) == len(arr.z_mm) == hu.shape[0]):
+        raise SeriesGeometryError(f"series {info.key} in {Path(info.files[0]).parent}: {hu.shape[0]} images but "
+                                  f"{len(arr.z_mm)} slice positions — the files may be damaged")
+    problem_warnings, problem_reasons = _problem_notes(frames)
+    said = {w.split(" of ")[0] for w in warnings}
+    warnings.extend(w for w in problem_warnings if w.split(" of ")[0] not in said)
     hdr = frames[0].header
     ps, ps_note = _pixel_spacing(frames)
     if ps_note:
@@ -1220,7 +1882,8 @@ def _make_volume(info: SeriesInfo, frames: list[_Frame], hu: np.ndarray, arr: _A
                             for i in (0, 1)])
         origin = tuple(float(v) for v in disp.apply(corners)[0, 0])
     reason = _analysable_reason(info.modality, info.samples_per_pixel, info.orientation, hu.shape[0],
-                                _int_or_none(_get(hdr, "BitsStored")))
+                                _int_or_none(_get(hdr, "BitsStored")),
+                                problem_reasons + [arr.problem] + list(extra_reasons))
     return Volume(
         hu=hu,
         spacing_mm=(float(arr.z_spacing_mm), float(dy), float(dx)),
