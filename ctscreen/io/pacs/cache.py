@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,38 @@ def encode_dataset(ds: Dataset) -> bytes:
 
 
 def _read(data_or_path: bytes | Path, header_only: bool = False) -> Dataset | None:
+    """The dataset, or None when it is not readable DICOM."""
     try:
         src = io.BytesIO(data_or_path) if isinstance(data_or_path, (bytes, bytearray)) else str(data_or_path)
         return pydicom.dcmread(src, stop_before_pixels=header_only)
     except Exception:  # noqa: BLE001 - any unreadable file is "not complete"
         return None
+
+
+def _native_pixel_bytes(ds: Dataset) -> int | None:
+    """Expected length of uncompressed Pixel Data, None when compressed or unknown."""
+    try:
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            return None
+        n = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * int(getattr(ds, "NumberOfFrames", 1) or 1)
+        return (n * int(ds.BitsAllocated) + 7) // 8
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def read_complete(path: Path) -> Dataset | None:
+    """The dataset of a *complete* DICOM file, else None (unreadable, or cut short)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = _read(path)
+    if ds is None or any("end of file" in str(w.message).lower() or "truncat" in str(w.message).lower()
+                         for w in caught):
+        return None
+    if "PixelData" in ds:
+        expected = _native_pixel_bytes(ds)
+        if expected is not None and len(ds.PixelData) < expected:
+            return None
+    return ds
 
 
 def _same_object(a: Dataset, b: Dataset) -> bool:
@@ -99,14 +127,11 @@ class SeriesCache:
         return self.folder / f"{safe_uid(sop_uid, 'SOP Instance UID')}.dcm"
 
     def complete_uids(self) -> set[str]:
-        """SOP Instance UIDs already cached: ``<uid>.dcm`` files that read as DICOM with that UID."""
+        """SOP Instance UIDs already cached: ``<uid>.dcm`` files that read completely as DICOM with that UID."""
         done = set()
         for p in self.folder.glob("*.dcm"):
             uid = p.name[:-4]
-            if not _UID_RE.match(uid):
-                continue
-            ds = _read(p, header_only=True)
-            if ds is not None and str(getattr(ds, "SOPInstanceUID", "")) == uid:
+            if _UID_RE.match(uid) and self.has(uid):
                 done.add(uid)
         return done
 
@@ -114,7 +139,7 @@ class SeriesCache:
         p = self.path_of(sop_uid)
         if not p.exists():
             return False
-        ds = _read(p, header_only=True)
+        ds = read_complete(p)
         return ds is not None and str(getattr(ds, "SOPInstanceUID", "")) == sop_uid
 
     def put(self, data: bytes | Dataset) -> str:
@@ -137,7 +162,7 @@ class SeriesCache:
         sop_uid = safe_uid(getattr(ds, "SOPInstanceUID", ""), "SOP Instance UID")
         target = self.path_of(sop_uid)
         if target.exists():
-            old = _read(target)
+            old = read_complete(target)
             new = _read(data) if old is not None else None
             if old is not None and new is not None and _same_object(old, new):
                 self.skipped.append(target)

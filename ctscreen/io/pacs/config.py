@@ -124,8 +124,10 @@ class ServerConfig:
     def describe(self) -> str:
         """``NAME (DICOMweb http://...)`` / ``NAME (DIMSE AE@host:port)`` for messages."""
         if self.protocol == "dicomweb":
-            return f"{self.name} (DICOMweb {self.url})"
-        return f"{self.name} (DIMSE {self.called_ae}@{self.host}:{self.port})"
+            where = f"DICOMweb {self.url}"
+            return where if self.name in (self.url, self.url.rstrip("/")) else f"{self.name} ({where})"
+        where = f"DIMSE {self.called_ae}@{self.host}:{self.port}"
+        return where if self.name == f"{self.called_ae}@{self.host}:{self.port}" else f"{self.name} ({where})"
 
     def to_dict(self) -> dict[str, Any]:
         """The settings-file form: everything but the secret."""

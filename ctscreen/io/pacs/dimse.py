@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from typing import Any, Generator, Sequence
 
 from pydicom.dataset import Dataset
@@ -42,6 +43,13 @@ RETRIEVE_SOP_CLASSES = [
     "SegmentationStorage", "BasicTextSRStorage", "EnhancedSRStorage", "ComprehensiveSRStorage",
     "EncapsulatedPDFStorage", "RTStructureSetStorage",
 ]
+
+#: Image classes that are often stored compressed: one presentation context per transfer syntax
+#: is proposed for them, so the PACS can send each file in its stored syntax (an acceptor
+#: takes one syntax per context). The others get one context with the uncompressed syntaxes.
+_PER_SYNTAX_CLASSES = {"CTImageStorage", "EnhancedCTImageStorage", "LegacyConvertedEnhancedCTImageStorage",
+                       "MRImageStorage", "PositronEmissionTomographyImageStorage", "ComputedRadiographyImageStorage",
+                       "DigitalXRayImageStorageForPresentation"}
 
 _STATUS_PENDING = (0xFF00, 0xFF01)
 
@@ -106,9 +114,14 @@ class DimseClient:
 
     def _associate(self, ae: Any, action: str, **kw: Any) -> Any:
         self._check_reachable(action)
+        t0 = time.monotonic()
         assoc = ae.associate(self.server.host, int(self.server.port), ae_title=self.server.called_ae, **kw)
         if assoc.is_established:
             return assoc
+        if not assoc.is_rejected and time.monotonic() - t0 >= 0.9 * float(self.server.timeout_s):
+            raise PacsError(f"PACS {self._where()} did not answer the association request within "
+                            f"{self.server.timeout_s:g} s while {action} — check that host:port is the PACS's "
+                            "DICOM port and the PACS is running, or raise the timeout")
         if assoc.is_rejected:
             raise PacsError(f"PACS {self._where()} rejected the association while {action} \u2014 check that the "
                             f"PACS AE title is {self.server.called_ae!r} and that it knows ctscreen's AE title "
@@ -314,7 +327,11 @@ class DimseClient:
         roles = []
         for kw in RETRIEVE_SOP_CLASSES:
             uid = _sop_class(kw)
-            ae.add_requested_context(uid, RETRIEVE_SYNTAXES)
+            if kw in _PER_SYNTAX_CLASSES:
+                for ts in RETRIEVE_SYNTAXES:
+                    ae.add_requested_context(uid, [ts])
+            else:
+                ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
             roles.append(build_role(uid, scp_role=True))
         assoc = self._associate(ae, "retrieving (C-GET)", ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, handler)])
         try:
