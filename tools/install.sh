@@ -2,7 +2,7 @@
 # Installs ctscreen on a fresh Debian/Ubuntu machine into ./.venv:
 # the system libraries Qt needs (offscreen, or on a desktop: the xcb platform plugin of
 # Qt >= 6.5 needs libxcb-cursor0 and the libxcb-* family), Xvfb (the real-X test), dicom3tools (the
-# DICOM validator the tests use), the CPU build of torch, then ctscreen with
+# DICOM validator the tests use), Orthanc (the PACS the tests start), the CPU build of torch, then ctscreen with
 # its test extras. Usage: tools/install.sh   (from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,19 @@ if command -v apt-get >/dev/null 2>&1; then
         libxcb-sync1 libxcb-render0 libxrender1 libxi6 xvfb xauth \
         dicom3tools >/dev/null \
         || echo "install.sh: some system packages could not be installed (Qt may need libegl1/libxkbcommon0; dciodvfy tests will skip)" >&2
+    # Orthanc + its DICOMweb plugin: the PACS the tests start on free localhost ports
+    # (tests/orthanc_server.py). A system service the package starts is not needed: when this
+    # script installed it, it is stopped and disabled so ports 4242/8042 stay free.
+    had_orthanc=0
+    if dpkg -s orthanc >/dev/null 2>&1; then had_orthanc=1; fi
+    $SUDO apt-get install -y -qq --no-install-recommends orthanc orthanc-dicomweb >/dev/null \
+        || echo "install.sh: orthanc/orthanc-dicomweb could not be installed (the PACS tests will skip)" >&2
+    if [ "$had_orthanc" = 0 ] && dpkg -s orthanc >/dev/null 2>&1; then
+        if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+            $SUDO systemctl disable --now orthanc >/dev/null 2>&1 || true
+        fi
+        if command -v service >/dev/null 2>&1; then $SUDO service orthanc stop >/dev/null 2>&1 || true; fi
+    fi
 fi
 
 $PY -m venv .venv
