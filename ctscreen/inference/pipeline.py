@@ -44,6 +44,7 @@ STAGE_WEIGHTS = {
     "segmentation": 0.55,
     "gradcam": 0.22,
     "measurements": 0.04,
+    "screening": 0.04,
 }
 
 #: Stage names as shown to the user.
@@ -54,6 +55,7 @@ STAGE_LABELS = {
     "segmentation": "segmentation",
     "gradcam": "Grad-CAM",
     "measurements": "measurements",
+    "screening": "screening verdict",
 }
 
 
@@ -105,6 +107,10 @@ class AnalyzeOptions:
     tta : bool or int
         Test-time augmentation in the segmentation (True: the model's default number of
         flipped views for the device, or 1, 2, 4 views; see ``segment.tta_views``).
+    classifier : str, path, LoadedClassifier or None
+        The learned screening classifier (:mod:`ctscreen.inference.classifier`): None or ``""``
+        for the shipped default, ``"none"`` for the RSNA category alone, a name, a weights file or
+        an already loaded one. A classifier that cannot be loaded leaves a warning, not an error.
     cancel : threading.Event or None
         Set it to stop the analysis at the next batch boundary.
     """
@@ -115,6 +121,7 @@ class AnalyzeOptions:
     cam: str = "lesions"
     cam_layer: str | None = None
     tta: bool | int = True
+    classifier: Any = None
     cancel: threading.Event | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -308,6 +315,58 @@ def _segment_and_explain(model: Any, hu_slices: np.ndarray, lung_slices: np.ndar
     return labels, prob
 
 
+_CLASSIFIERS: dict[tuple[str, str], Any] = {}
+_CLASSIFIERS_LOCK = threading.Lock()
+
+
+def _cached_classifier(name: str, device: Any) -> Any:
+    """The loaded classifier for ``(name, device)``, loaded once per process (batches reuse it)."""
+    from ctscreen.inference.classifier import load_classifier
+
+    key = (name, str(device))
+    with _CLASSIFIERS_LOCK:
+        clf = _CLASSIFIERS.get(key)
+        if clf is None:
+            clf = _CLASSIFIERS[key] = load_classifier(name or None, device=device)
+    return clf
+
+
+def _screening(volume: Volume, lung: np.ndarray, lesion: np.ndarray, measurements: Any, box: tuple[int, ...],
+               classifier: Any, device: Any, warnings: list[str]) -> Any:
+    """The screening verdict: the RSNA category (rules on the masks) and, when a classifier loads, its probabilities.
+
+    Neither part stops the analysis: a failure leaves a warning and what could be computed.
+    """
+    from ctscreen.imaging.screening import assess, with_classifier
+
+    try:
+        screening = assess(volume.hu, lung, lesion, volume.spacing_mm, volume.direction, measurements)
+    except Exception as exc:  # noqa: BLE001 - the lesion analysis stands without the verdict
+        warnings.append(f"The screening category could not be computed ({type(exc).__name__}: {exc}); "
+                        "the lesion measurements are complete.")
+        return None
+    if isinstance(classifier, str) and classifier.strip().lower() == "none":
+        return screening
+    try:
+        from ctscreen.inference import classifier as clf_module
+    except ImportError as exc:
+        warnings.append(f"No classifier probabilities: the classifier module is not installed ({exc}); "
+                        "the screening verdict has the RSNA category only.")
+        return screening
+    try:
+        if classifier is not None and hasattr(classifier, "net") and hasattr(classifier, "classes"):
+            clf = classifier
+        else:
+            clf = _cached_classifier(os.fspath(classifier) if classifier else "", device)
+        score = clf_module.study_probabilities(clf, volume, lung, lesion, measurements,
+                                               box=tuple(box) if len(box) == 4 else None)
+    except Exception as exc:  # noqa: BLE001 - ModelLoadError (no weights) and anything else: rules only
+        msg = " ".join(str(exc).split())
+        warnings.append(f"No classifier probabilities ({msg}); the screening verdict has the RSNA category only.")
+        return screening
+    return with_classifier(screening, score.probabilities, score.top_slices, score.model_name, score.model_version)
+
+
 def cam_slice_indices(lesion: np.ndarray, which: str) -> list[int]:
     """Slices that get a Grad-CAM map for ``which`` in :data:`CAM_CHOICES`."""
     if which == "none":
@@ -354,6 +413,7 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
     if options.cam != "none":
         stages.append("gradcam")
     stages.append("measurements")
+    stages.append("screening")
     tracker = _Tracker(stages, options.cancel)
     timings: dict[str, float] = {}
     warnings: list[str] = []
@@ -489,6 +549,14 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
     timings["measurements"] = time.perf_counter() - t
     yield tracker.tick("measurements", 1, 1, "done")
 
+    tracker.check_cancel()
+    t = time.perf_counter()
+    yield tracker.tick("screening", 0, 1, "screening verdict")
+    screening = _screening(volume, lung, lesion, measurements, box, options.classifier, runner.model.device,
+                           warnings)
+    timings["screening"] = time.perf_counter() - t
+    yield tracker.tick("screening", 1, 1, "done")
+
     model = runner.model
     return AnalysisResult(
         volume=volume,
@@ -505,6 +573,7 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
         timings_s=timings,
         warnings=tuple(warnings),
         thorax_box=box,
+        screening=screening,
     )
 
 
