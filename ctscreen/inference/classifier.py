@@ -64,10 +64,16 @@ CLASSES_BINARY = ("covid19", "non_covid")
 STUDY_CLASSES = ("covid19", "other_pneumonia", "no_pneumonia")
 #: Side of the classifier's square input (pixels) unless the model file says otherwise.
 INPUT_SIZE = 192
+try:  # the RSNA rules' noise floor, so "no pneumonia" and category "negative" share one threshold
+    from ctscreen.imaging.screening import NOISE_FLOOR_PERCENT as _FLOOR
+except ImportError:  # pragma: no cover - rules module absent
+    _FLOOR = 0.5
 #: Lesion burden (% of lung volume) at which P(pneumonia) = 0.5: the noise floor of the
-#: segmentation on normal chests (normal001 measures ~0.02 %, the COVID and CAP cases > 1 %).
-BURDEN_FLOOR_PERCENT = 0.1
-#: Width of the logistic in ln(burden): P(pneumonia) goes 0.12 -> 0.88 over a factor ~ e^(2*2*0.5) = 7.4.
+#: RSNA rules (:data:`ctscreen.imaging.screening.NOISE_FLOOR_PERCENT`, 0.5 %; the shipped
+#: segmentation marks about 0.1 % of a normal study's lung as lesion).
+BURDEN_FLOOR_PERCENT = float(_FLOOR)
+#: Width of the logistic in ln(burden): P(pneumonia) = 0.12 at floor / 2.7, 0.88 at floor x 2.7
+#: (0.04 at a normal study's 0.1 % with the 0.5 % floor).
 BURDEN_WIDTH = 0.5
 #: At most this many slices are scored per study (the 3-s budget on 2 CPU cores).
 MAX_STUDY_SLICES = 40
@@ -114,7 +120,7 @@ class CosineHead(nn.Module):
 
     @property
     def scale(self) -> float:
-        return float(self.log_scale.exp())
+        return float(self.log_scale.detach().exp())
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.log_scale.exp() * F.linear(F.normalize(f, dim=1), F.normalize(self.weight, dim=1))
@@ -508,7 +514,7 @@ def classifier_cam(clf: LoadedClassifier, hu_slice: np.ndarray, lung_slice: np.n
         handle.remove()
         for p, f in flags:
             p.requires_grad_(f)
-    a, g = store["A"], store["A"].grad
+    a, g = store["A"].detach(), store["A"].grad.detach()
     cam = torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1))[0].float().cpu().numpy()
     y0, y1, x0, x1 = box
     out = np.zeros(hu_slice.shape[-2:], np.float32)

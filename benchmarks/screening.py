@@ -1,0 +1,138 @@
+"""Screening classifier: validation figures, ablations and patient-level verdicts (issue 8).
+
+Prints one JSON object:
+
+* ``validation``: the shipped classifier on ``covid-ct-ucsd/val`` (60 COVID / 58 non-COVID,
+  the official patient-level split): accuracy (threshold 0.5), F1 of COVID, ROC AUC, each
+  with a stratified bootstrap 95 % CI, flip TTA as ``evaluate-classifier`` does;
+* ``ablations``: the same figures for the variants in ``--ablation-dir`` (weights written by
+  ``ctscreen train-classifier``; ``--train-ablations`` trains them first: cosine vs linear
+  head, with vs without the segmentation-encoder initialisation, same epochs and seed);
+  each row carries its training recipe from the model card;
+* ``patients``: P001 (COVID-19), cap001 (community-acquired pneumonia), normal001 (normal)
+  from ``../shared/data/dicom/covid-ct-md``, analysed with the app's pipeline; the screening
+  object of the analysis when the pipeline has the screening stage, else
+  :func:`study_probabilities` on the analysed masks; with the classifier's own wall time
+  (the <= 3 s budget) and the reference: the segmentation stage's time in the same run.
+
+Usage::
+
+    python benchmarks/screening.py [--ablation-dir DIR] [--train-ablations] [--epochs N]
+                                   [--no-patients] [--threads N]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ctscreen.inference import classifier as C  # noqa: E402
+from ctscreen.inference.train_classifier import evaluate_folders, train_classifier  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+UCSD = SHARED / "covid-ct-ucsd"
+VARIANTS = {  # name -> (head, init)
+    "cosine_seg-encoder": ("cosine", "seg-encoder"),
+    "linear_seg-encoder": ("linear", "seg-encoder"),
+    "cosine_scratch": ("cosine", "none"),
+    "linear_scratch": ("linear", "none"),
+}
+
+
+def _figures(res: dict) -> dict:
+    keys = ("accuracy", "f1", "auc", "precision", "recall", "images")
+    out = {k: (round(res[k], 4) if isinstance(res[k], float) else res[k]) for k in keys}
+    out["ci95"] = res["ci95"]
+    return out
+
+
+def validation(path: str | None) -> dict:
+    clf = C.load_classifier(path, device="cpu")
+    res = evaluate_folders(clf, UCSD / "val" / "COVID", UCSD / "val" / "NonCOVID")
+    card = clf.card
+    return {"model": clf.name, "version": clf.version, "head": card.get("head"), "init": card.get("init"),
+            "epochs": card.get("recipe", {}).get("epochs_run"), "best_epoch": card.get("recipe", {}).get("best_epoch"),
+            **_figures(res)}
+
+
+def patients(clf_path: str | None) -> dict:
+    from ctscreen.inference.pipeline import AnalyzeOptions, run_analysis
+
+    clf = C.load_classifier(clf_path, device="cpu")
+    out = {}
+    truth = {"P001": "covid19", "cap001": "other_pneumonia", "normal001": "no_pneumonia"}
+    for case in ("P001", "cap001", "normal001"):
+        folder = SHARED / "dicom" / "covid-ct-md" / case
+        if not folder.exists():
+            out[case] = {"error": f"{folder} not found"}
+            continue
+        t0 = time.perf_counter()
+        res = run_analysis(str(folder), AnalyzeOptions(cam="none", device="cpu"))
+        t_analysis = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        score = C.study_probabilities(clf, res.volume, res.lung, res.lesion, res.measurements,
+                                      box=tuple(res.thorax_box) or None)
+        t_clf = time.perf_counter() - t1
+        row = {"truth": truth[case], "slices": int(res.volume.hu.shape[0]),
+               "classifier": score.to_dict(), "classifier_seconds": round(t_clf, 3),
+               "slices_scored": len(score.slice_scores),
+               "reference_segmentation_seconds": round(float(res.timings_s.get("segmentation", float("nan"))), 3),
+               "analysis_seconds": round(t_analysis, 2),
+               "verdict_correct": score.verdict == truth[case]}
+        scr = getattr(res, "screening", None)
+        if scr is not None:
+            row["pipeline_screening"] = scr.to_dict() if hasattr(scr, "to_dict") else str(scr)
+            row["rsna_category"] = getattr(scr, "category", None)
+        row["ratio_classifier_to_segmentation"] = round(t_clf / max(1e-9, row["reference_segmentation_seconds"]), 4)
+        out[case] = row
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="classifier to report (default: the shipped one)")
+    ap.add_argument("--ablation-dir", default="/tmp/ctscreen-classifier-ablation")
+    ap.add_argument("--train-ablations", action="store_true")
+    ap.add_argument("--epochs", type=int, default=14)
+    ap.add_argument("--no-patients", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    report: dict = {"notice": "Research use only - not for diagnosis",
+                    "data": {"validation": str(UCSD / "val"), "images": "60 COVID / 58 non-COVID (official split)"},
+                    "threads": torch.get_num_threads()}
+    report["validation"] = validation(args.model)
+    abl_dir = Path(args.ablation_dir)
+    if args.train_ablations:
+        abl_dir.mkdir(parents=True, exist_ok=True)
+        for name, (head, init) in VARIANTS.items():
+            out = abl_dir / f"{name}.pt"
+            if not out.exists():
+                train_classifier(UCSD, out, head=head, init=init, epochs=args.epochs, seed=0, device="cpu",
+                                 quiet=True, command=f"benchmarks/screening.py --train-ablations --epochs {args.epochs}")
+    rows = {}
+    for name in VARIANTS:
+        f = abl_dir / f"{name}.pt"
+        if f.exists():
+            rows[name] = validation(str(f))
+    report["ablations"] = rows
+    if not args.no_patients:
+        report["patients"] = patients(args.model)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
