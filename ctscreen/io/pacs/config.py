@@ -25,6 +25,7 @@ from ctscreen.io.files import atomic_write
 from ctscreen.io.pacs.common import DEFAULT_CALLING_AE, DEFAULT_TIMEOUT_S, PacsError
 
 CONFIG_DIR_ENV = "CTSCREEN_CONFIG_DIR"
+CACHE_DIR_ENV = "CTSCREEN_PACS_CACHE"
 SERVERS_FILE = "pacs_servers.json"
 KEYRING_SERVICE = "ctscreen-pacs"
 SECRET_ENV = "CTSCREEN_PACS_SECRET"
@@ -42,6 +43,16 @@ def config_dir() -> Path:
         return Path(env)
     xdg = os.environ.get("XDG_CONFIG_HOME")
     return (Path(xdg) if xdg else Path.home() / ".config") / "ctscreen"
+
+
+def default_cache_dir() -> Path:
+    """Where the viewer caches retrieved series: ``$CTSCREEN_PACS_CACHE``, else ``$XDG_CACHE_HOME/ctscreen/pacs``
+    or ``~/.cache/ctscreen/pacs``."""
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "ctscreen" / "pacs"
 
 
 @dataclass
