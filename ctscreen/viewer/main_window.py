@@ -208,6 +208,7 @@ class MainWindow(QMainWindow):
         file_menu = menu.addMenu("&File")
         file_menu.addAction(self.open_action)
         file_menu.addAction(self.open_files_action)
+        self.pacs_action = file_menu.addAction("Open from &PACS…", self.open_from_pacs)
         self.recent_menu = file_menu.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         self._fill_recent_menu()
@@ -280,6 +281,12 @@ class MainWindow(QMainWindow):
         folder = QFileDialog.getExistingDirectory(self, "Open DICOM folder", start)
         if folder:
             self.open_path(folder)
+
+    def open_from_pacs(self) -> None:
+        """File → Open from PACS…: search, retrieve a series into the cache, open it as if dropped."""
+        from ctscreen.viewer.pacs_dialog import open_from_pacs
+
+        open_from_pacs(self)
 
     def choose_files(self) -> None:
         start = self.settings.last_folder or str(Path.home())
