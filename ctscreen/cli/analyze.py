@@ -340,6 +340,13 @@ def summary(result: AnalysisResult, out: Path, written: list[Path], total_s: flo
         flagged = result.cam_flagged_slices()
         parts.append(f"Grad-CAM on {len(result.cam)} slice(s) at layer {result.cam_layer}"
                      + (f"; {len(flagged)} with most activation outside the lungs." if flagged else "."))
+    screening = getattr(result, "screening", None)
+    if screening is not None:
+        decided = ", ".join(c.key.replace("_", " ") for c in screening.criteria if c.decisive)
+        probs = screening.probabilities_text()
+        parts.append(f"Screening verdict ({screening.notice.rstrip('.').lower()}): RSNA {screening.category}"
+                     + (f" (decided by {decided})" if decided else "")
+                     + (f"; classifier {probs}." if probs else "; no classifier probabilities."))
     names = sorted({"slice_*.png" if p.name.startswith("slice_") else p.name for p in written})
     parts.append(f"Wrote {len(written)} file(s) to {out} ({', '.join(names)})"
                  + ("; no DICOM SEG, as there is no lesion to store." if not np.any(result.lesion)

@@ -359,6 +359,46 @@ def _even_pick(indices: list[int], count: int) -> list[int]:
     return [indices[i] for i in sorted(set(pos.tolist()))]
 
 
+#: Colour of the screening verdict lines in the montage header.
+SCREENING_RGB = (140, 210, 255)
+
+
+def screening_lines(result: Any) -> list[str]:
+    """The screening verdict as header lines (empty when ``result.screening`` is None).
+
+    ``"RSNA category: Typical appearance (decided by: bilateral, peripheral, ggo)"`` and, when the
+    classifier ran, ``"Classifier: COVID-19 0.91 / other 0.06 / none 0.03 (model NAME VERSION)"``.
+    """
+    s = getattr(result, "screening", None)
+    if s is None:
+        return []
+    decided = [c.key.replace("_", " ") for c in getattr(s, "criteria", ()) if getattr(c, "decisive", False)]
+    lines = [f"RSNA category: {s.category_label}" + (f" (decided by: {', '.join(decided)})" if decided else "")]
+    probs = s.probabilities_text() if hasattr(s, "probabilities_text") else ""
+    if probs:
+        model = f"{s.model_name} {s.model_version}".strip()
+        lines.append(f"Classifier: {probs}" + (f" (model {model})" if model else ""))
+    else:
+        lines.append("Classifier: not run")
+    return lines
+
+
+def _wrap(text: str, width_px: int, scale: float = 0.5) -> list[str]:
+    """``text`` cut at spaces into lines no wider than ``width_px`` (a single long word stays whole)."""
+    out: list[str] = []
+    line = ""
+    for word in str(text).split():
+        trial = f"{line} {word}" if line else word
+        if line and _text_size(trial, scale)[0] > width_px:
+            out.append(line)
+            line = word
+        else:
+            line = trial
+    if line:
+        out.append(line)
+    return out
+
+
 def render_montage(result: Any, max_tiles: int = 24, columns: int | None = None,
                    window: tuple[float, float] = DEFAULT_WINDOW, include_patient: bool = False,
                    fill: bool = True, opacity: float = 0.45, tile_width: int = 256,
@@ -411,6 +451,11 @@ def render_montage(result: Any, max_tiles: int = 24, columns: int | None = None,
     if width < min_band:
         grid = np.hstack([grid, _canvas(grid.shape[0], min_band - width)])
         width = min_band
+    verdict = screening_lines(result)
+    if verdict:  # the verdict with the notice right beside it, wrapped to the montage's width
+        title.append((f"Screening verdict - {RESEARCH_NOTICE}", NOTICE_RGB))
+        for text in verdict:
+            title.extend((part, SCREENING_RGB) for part in _wrap(text, width - 16, 0.5))
     legend = _legend_and_scale_band(width, pixel_mm, tile_img_w, None)
     parts = [_band(width, title), grid, legend, _band(width, [(RESEARCH_NOTICE, NOTICE_RGB)], scale=0.55)]
     return np.ascontiguousarray(np.vstack(parts))

@@ -21,7 +21,7 @@ from ctscreen import RESEARCH_NOTICE, __version__
 from ctscreen.io.files import atomic_write
 
 #: Bump the major part on incompatible changes, the minor part on additions.
-REPORT_SCHEMA_VERSION = "1.1"
+REPORT_SCHEMA_VERSION = "1.2"
 
 #: Per-slice fields, in this order, in ``report.json`` ``slices[]`` and ``report.csv``.
 SLICE_FIELDS = (
@@ -30,12 +30,15 @@ SLICE_FIELDS = (
     "lungs", "zone", "percent_of_slice_lung", "cam_flagged",
 )
 
+#: Study-level columns at the end of every ``report.csv`` row: the screening verdict and the notice.
+STUDY_CSV_COLUMNS = ("rsna_category", "classifier_verdict", "research_notice")
+
 #: ``report.csv`` header: field name with its unit in brackets where it has one.
 CSV_COLUMNS = (
     "index", "slice_number", "sop_instance_uid", "instance_number", "z [mm]",
     "ggo_area [mm2]", "consolidation_area [mm2]", "lesion_area [mm2]",
     "lungs", "zone", "percent_of_slice_lung [%]", "cam_flagged",
-)
+) + STUDY_CSV_COLUMNS
 
 _ROW_SOURCE_FIELDS = ("index", "z_mm", "sop_instance_uid", "instance_number", "ggo_area_mm2",
                       "consolidation_area_mm2", "lesion_area_mm2", "lungs", "zone", "percent_of_slice_lung")
@@ -172,8 +175,30 @@ def build_report(result: Any, include_patient: bool = False,
                 for k in flagged
             ],
         },
+        "screening": screening_dict(result),
     }
     return _jsonable(report)
+
+
+def screening_dict(result: Any) -> dict[str, Any] | None:
+    """The ``screening`` object of ``report.json`` (``Screening.to_dict()``), None when not computed."""
+    screening = getattr(result, "screening", None)
+    if screening is None:
+        return None
+    to_dict = getattr(screening, "to_dict", None)
+    return _jsonable(to_dict() if callable(to_dict) else screening)
+
+
+def study_csv_cells(result: Any) -> list[str]:
+    """The :data:`STUDY_CSV_COLUMNS` cells: RSNA category, the classifier's verdict with its probability, notice."""
+    s = getattr(result, "screening", None)
+    if s is None:
+        return ["", "", RESEARCH_NOTICE]
+    verdict = ""
+    probs = dict(getattr(s, "probabilities", {}) or {})
+    if getattr(s, "verdict", "") and s.verdict in probs:
+        verdict = f"{s.verdict} {float(probs[s.verdict]):.2f}"
+    return [str(getattr(s, "category", "")), verdict, str(getattr(s, "notice", "") or RESEARCH_NOTICE)]
 
 
 def write_report_json(result: Any, path: str | os.PathLike, force: bool = False,
@@ -193,10 +218,18 @@ def _csv_cell(value: Any) -> Any:
 
 
 def write_report_csv(result: Any, path: str | os.PathLike, force: bool = False) -> Path:
-    """Write ``report.csv``: one header row (:data:`CSV_COLUMNS`, units in brackets), one row per slice."""
+    """Write ``report.csv``: one header row (:data:`CSV_COLUMNS`, units in brackets), one row per slice.
+
+    Every row ends with the study's screening verdict and the research notice
+    (:data:`STUDY_CSV_COLUMNS`); with no lesion slice, one row with empty slice fields carries them.
+    """
     buf = io.StringIO(newline="")
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
-    for row in report_rows(result):
-        w.writerow([_csv_cell(row[f]) for f in SLICE_FIELDS])
+    study = study_csv_cells(result)
+    rows = report_rows(result)
+    for row in rows:
+        w.writerow([_csv_cell(row[f]) for f in SLICE_FIELDS] + study)
+    if not rows:
+        w.writerow([""] * len(SLICE_FIELDS) + study)
     return atomic_write(path, buf.getvalue(), force=force)
