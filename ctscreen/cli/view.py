@@ -6,6 +6,8 @@ import argparse
 from typing import Any
 
 WINDOW_CHOICES = ("lung", "mediastinum", "bone", "soft")
+#: ctscreen.viewer.layouts.LAYOUTS and its aliases (named here so the CLI does not import Qt).
+LAYOUT_CHOICES = ("axial", "1x3", "2x2", "mpr")
 
 
 def add_parser(sub: Any) -> None:
@@ -18,6 +20,9 @@ def add_parser(sub: Any) -> None:
     v.add_argument("--analyze", action="store_true", help="run the lesion analysis after loading")
     v.add_argument("--model", default=None, help="model name (unet|deeplab) or weights file")
     v.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+    v.add_argument("--layout", choices=LAYOUT_CHOICES, default=None,
+                   help="axial (one pane), 1x3 (axial, coronal, sagittal), 2x2 or mpr (the three planes and "
+                        "the lesion z-profile)")
     v.add_argument("--screenshot", metavar="OUT.png",
                    help="render the window offscreen with the study loaded, save the PNG and exit")
 

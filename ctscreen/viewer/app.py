@@ -162,6 +162,8 @@ def run_view(args: Namespace) -> int:
     window.configure_analysis(model=getattr(args, "model", None), device=getattr(args, "device", None))
     if getattr(args, "window", None):
         window.set_preset(args.window)
+    if getattr(args, "layout", None):
+        window.reading.set_layout(args.layout)
     if args.folder:
         window.open_path(args.folder, getattr(args, "series", None), getattr(args, "slice", None))
     if screenshot:

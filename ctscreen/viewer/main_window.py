@@ -18,6 +18,7 @@ from ctscreen.imaging.volume import Volume
 from ctscreen.viewer._qt_compat import collect_garbage_in_gui_thread
 from ctscreen.viewer.analysis_ui import AnalysisUi
 from ctscreen.viewer.display import PRESET_LABELS, PRESET_ORDER, Window
+from ctscreen.viewer.reading import ReadingUi
 from ctscreen.viewer.series_browser import SeriesBrowser, iter_thumbnails
 from ctscreen.viewer.settings import ViewerSettings
 from ctscreen.viewer.slice_view import CursorInfo, SliceView
@@ -37,7 +38,11 @@ Right drag: window (left/right = width, up/down = level)<br><br>
 Up / Down: one slice &nbsp;·&nbsp; Page Up / Page Down: 10 slices &nbsp;·&nbsp; Home / End: first / last<br>
 1 lung &nbsp;·&nbsp; 2 mediastinum &nbsp;·&nbsp; 3 bone &nbsp;·&nbsp; 4 soft tissue &nbsp;·&nbsp; R: reset zoom and pan<br>
 F5: analyze &nbsp;·&nbsp; O: lesion overlay &nbsp;·&nbsp; C: contours / filled &nbsp;·&nbsp; L: lung outline
-&nbsp;·&nbsp; G: Grad-CAM &nbsp;·&nbsp; Esc: cancel<br><br>
+&nbsp;·&nbsp; G: Grad-CAM &nbsp;·&nbsp; Esc: cancel<br>
+Ctrl+1 axial &nbsp;·&nbsp; Ctrl+2 axial, coronal, sagittal &nbsp;·&nbsp; Ctrl+3 2×2 with z-profile
+(click a pane: the others move there)<br>
+V navigate &nbsp;·&nbsp; D ruler &nbsp;·&nbsp; E ellipse ROI &nbsp;·&nbsp; P probe &nbsp;·&nbsp;
+N / Shift+N next / previous lesion &nbsp;·&nbsp; Ctrl+Shift+S save view as PNG<br><br>
 Drop a DICOM folder or files on the window to open them."""
 
 
@@ -130,6 +135,9 @@ class MainWindow(QMainWindow):
         self.analysis_ui = AnalysisUi(self)
         #: The analysis controller (start/cancel, signals finished_ok/failed/cancelled).
         self.analysis = self.analysis_ui.controller
+        #: Layouts (axial / 1x3 / 2x2), linked crosshair, measuring tools, lesion navigator.
+        self.reading = ReadingUi(self, self.slice_view, self.analysis_ui.overlays, self.analysis, self.volumeLoaded,
+                                 self.view_menu, self.file_menu, self.quit_action, self.analysis_ui.dock)
 
         self.resize(1360, 860)
         self.resizeDocks([self.tags_dock], [450], Qt.Orientation.Horizontal)
