@@ -145,3 +145,20 @@ def test_analysis_folder_round_trip(tmp_path):
     assert back.volume.series_instance_uid == vol.series_instance_uid
     assert back.model_name == json.loads((out / "report.json").read_text())["model"]["name"]
     assert back.measurements.lesion_volume_ml == pytest.approx(res.measurements.lesion_volume_ml)
+
+
+def test_export_all_writes_nifti_and_pdf(tmp_path):
+    """export_all(nifti=True, pdf=True) - the path of 'ctscreen analyze --nifti --pdf' - plans, refuses and writes them."""
+    from ctscreen.io.export import export_all, planned_outputs
+
+    syn = synthetic_series(tmp_path, n=4, rows=6, cols=8)
+    vol = load_series(syn.folder)
+    res = result_for(vol, lesion=np.zeros(vol.shape, np.uint8), lung=np.ones(vol.shape, np.uint8))
+    names = planned_outputs(png="none", report=False, seg=False, nifti=True, pdf=True)
+    assert names == [NIFTI_LESIONS, NIFTI_LUNG, NIFTI_CT, "report.pdf"]
+    out = tmp_path / "out"
+    written = export_all(res, out, png="none", report=False, seg=False, nifti=True, pdf=True)
+    assert sorted(p.name for p in written) == sorted(names)
+    assert (out / "report.pdf").read_bytes().startswith(b"%PDF")
+    with pytest.raises(ExportError, match="exists"):
+        export_all(res, out, png="none", report=False, seg=False, pdf=True)

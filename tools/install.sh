@@ -18,7 +18,7 @@ if command -v apt-get >/dev/null 2>&1; then
         libx11-xcb1 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 \
         libxcb-randr0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxcb-xfixes0 libxcb-shm0 \
         libxcb-sync1 libxcb-render0 libxrender1 libxi6 xvfb xauth \
-        dicom3tools >/dev/null \
+        dicom3tools poppler-utils >/dev/null \
         || echo "install.sh: some system packages could not be installed (Qt may need libegl1/libxkbcommon0; dciodvfy tests will skip)" >&2
     # Orthanc + its DICOMweb plugin: the PACS the tests start on free localhost ports
     # (tests/orthanc_server.py). A system service the package starts is not needed: when this

@@ -51,9 +51,9 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def planned_names(png: str, seg: bool) -> list[str]:
+def planned_names(png: str, seg: bool, nifti: bool = False, pdf: bool = False) -> list[str]:
     """File names/patterns the export will write into ``--out`` for these options."""
-    names = export.planned_outputs(png="none", report=True, seg=seg)
+    names = export.planned_outputs(png="none", report=True, seg=seg, nifti=nifti, pdf=pdf)
     if png in ("lesions", "all"):
         names.append(export.SLICE_PNG_PATTERN)
     elif png == "montage":
@@ -61,13 +61,13 @@ def planned_names(png: str, seg: bool) -> list[str]:
     return names
 
 
-def check_output(out: Path, png: str, seg: bool, force: bool) -> None:
+def check_output(out: Path, png: str, seg: bool, force: bool, nifti: bool = False, pdf: bool = False) -> None:
     """Refuse before any work when ``out`` is not a folder or would be overwritten without ``force``."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file, not a folder \u2014 choose a folder for the results")
     if force:
         return
-    clash = export.existing_outputs(out, planned_names(png, seg))
+    clash = export.existing_outputs(out, planned_names(png, seg, nifti, pdf))
     if clash:
         shown = ", ".join(p.name for p in clash[:3]) + (f" and {len(clash) - 3} more" if len(clash) > 3 else "")
         raise ExportError(f"{out} already holds {shown} \u2014 use --force to overwrite or choose another --out")
@@ -163,11 +163,11 @@ def pick_series(folder: Path, uid: str | None, notes: list[str] | None = None) -
 
 
 def _write_exports(result: AnalysisResult, folder: Path, png: str, seg: bool,
-                   include_patient: bool = False) -> list[Path]:
+                   include_patient: bool = False, nifti: bool = False, pdf: bool = False) -> list[Path]:
     # A DICOM SEG needs at least one segment: with no lesion there is nothing to store.
     seg = seg and bool(np.any(result.lesion))
     written = export.export_all(result, folder, png="lesions" if png == "all" else png, report=True,
-                                seg=seg, force=True, include_patient=include_patient)
+                                seg=seg, force=True, include_patient=include_patient, nifti=nifti, pdf=pdf)
     if png == "all":
         from ctscreen.io.export_png import write_slice_png
 
@@ -239,7 +239,8 @@ class _Background:
 
 
 def export_staged(result: AnalysisResult, out: Path, png: str, seg: bool, force: bool,
-                  include_patient: bool = False, notes: list[str] | None = None) -> list[Path]:
+                  include_patient: bool = False, notes: list[str] | None = None, nifti: bool = False,
+                  pdf: bool = False) -> list[Path]:
     """Write every export into a staging folder in ``out``, then move them into place.
 
     An interruption before the move leaves ``out`` as it was (the staging folder
@@ -264,7 +265,8 @@ def export_staged(result: AnalysisResult, out: Path, png: str, seg: bool, force:
             job = (_Background(_write_seg_or_note, result, staging, None if notes is None else seg_notes)
                    if seg and np.any(result.lesion) else None)
             try:
-                written = _write_exports(result, staging, png, False, include_patient)
+                extra = {k: True for k, on in (("nifti", nifti), ("pdf", pdf)) if on}
+                written = _write_exports(result, staging, png, False, include_patient, **extra)
             except BaseException:
                 if job is not None:  # it writes into staging: wait before staging goes
                     job.wait()
@@ -281,7 +283,7 @@ def export_staged(result: AnalysisResult, out: Path, png: str, seg: bool, force:
                 raise ExportError(f"{clash[0]} appeared during the analysis \u2014 use --force to overwrite")
         # With --force, slice PNGs of an earlier run that this run does not write would claim lesions
         # on slices that have none now: they go, together with the overwrite.
-        stale = [q for q in export.existing_outputs(out, planned_names(png, seg))
+        stale = [q for q in export.existing_outputs(out, planned_names(png, seg, nifti, pdf))
                  if q.name not in {p.name for p in written}] if force else []
         for p in written:
             target = out / p.name
@@ -378,10 +380,12 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
     seg = not getattr(args, "no_seg", False)
     force = bool(getattr(args, "force", False))
     cam = getattr(args, "cam", "lesions") or "lesions"
+    nifti = bool(getattr(args, "nifti", False))
+    pdf = bool(getattr(args, "pdf", False))
 
     cam_layer = getattr(args, "cam_layer", None) or None
     check_cam_layer(getattr(args, "model", None), cam_layer)
-    check_output(out, png, seg, force)
+    check_output(out, png, seg, force, nifti, pdf)
     from ctscreen.inference.models import load_model
 
     from ctscreen.inference.device import resolve_device
@@ -418,7 +422,8 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
         t = time.perf_counter()
         notes = [f"warning: {w}" for w in result.volume.warnings]
         written = export_staged(result, out, png, seg, force,
-                                include_patient=bool(getattr(args, "include_patient", False)), notes=notes)
+                                include_patient=bool(getattr(args, "include_patient", False)), notes=notes,
+                                nifti=nifti, pdf=pdf)
         export_s = time.perf_counter() - t
     finally:
         gen.close()
@@ -444,6 +449,10 @@ def add_parser(sub: Any) -> None:
     a.add_argument("--cam-layer", metavar="NAME", default=None,
                    help="network layer for Grad-CAM (unet: decoder4 (default), decoder3, decoder2, decoder1, "
                         "bottleneck; deeplab: aspp (default), decoder, layer3, layer2)")
+    a.add_argument("--nifti", action="store_true",
+                   help="also write lesions.nii.gz, lung.nii.gz and ct.nii.gz (RAS affine; opens aligned in "
+                        "ITK-SNAP, 3D Slicer, nnU-Net)")
+    a.add_argument("--pdf", action="store_true", help="also write report.pdf, a one-page report to file or print")
     a.add_argument("--force", action="store_true", help="overwrite existing output files")
     a.add_argument("--include-patient", action="store_true",
                    help="burn patient name and ID into the PNGs and write them into report.json (left out by default)")

@@ -34,6 +34,11 @@ from ctscreen.errors import ExportError
 from ctscreen.io.files import (MONTAGE_NAME, REPORT_CSV, REPORT_JSON, SEG_NAME, SLICE_PNG_PATTERN,  # noqa: F401
                                 _UMASK, atomic_write, fsync_dir, slice_png_name)
 
+#: NIfTI label maps and CT (:mod:`ctscreen.io.nifti`) and the PDF report (:mod:`ctscreen.io.report_pdf`);
+#: repeated here so listing the outputs does not import nibabel or matplotlib.
+NIFTI_NAMES = ("lesions.nii.gz", "lung.nii.gz", "ct.nii.gz")
+REPORT_PDF = "report.pdf"
+
 
 def existing_outputs(out_dir: str | os.PathLike, names: Iterable[str]) -> list[Path]:
     """The outputs in ``out_dir`` that already exist, so callers can ask or refuse before any work.
@@ -63,13 +68,18 @@ def existing_outputs(out_dir: str | os.PathLike, names: Iterable[str]) -> list[P
     return sorted(found)
 
 
-def planned_outputs(png: str = "lesions", report: bool = True, seg: bool = True) -> list[str]:
+def planned_outputs(png: str = "lesions", report: bool = True, seg: bool = True, nifti: bool = False,
+                    pdf: bool = False) -> list[str]:
     """Names/patterns :func:`export_all` may write with these options (for :func:`existing_outputs`)."""
     names: list[str] = []
     if report:
         names += [REPORT_JSON, REPORT_CSV]
     if seg:
         names.append(SEG_NAME)
+    if nifti:
+        names += list(NIFTI_NAMES)
+    if pdf:
+        names.append(REPORT_PDF)
     if png == "lesions":
         names.append(SLICE_PNG_PATTERN)
     elif png == "montage":
@@ -81,12 +91,16 @@ def planned_outputs(png: str = "lesions", report: bool = True, seg: bool = True)
 
 def export_all(result: Any, out_dir: str | os.PathLike, *, png: str = "lesions", report: bool = True,
                seg: bool = True, force: bool = False, include_patient: bool = False,
-               cam: bool = False, window: tuple[float, float] = (1500, -600)) -> list[Path]:
+               cam: bool = False, window: tuple[float, float] = (1500, -600), nifti: bool = False,
+               pdf: bool = False) -> list[Path]:
     """Write the chosen exports of ``result`` into ``out_dir`` (created if missing).
 
     Refuses up front (before writing anything) when any planned output exists and not ``force``.
     The DICOM SEG is skipped when the result has no lesion voxel (a SEG needs
     at least one segment frame); it is then absent from the returned list.
+    ``nifti`` adds ``lesions.nii.gz``, ``lung.nii.gz`` and ``ct.nii.gz``
+    (:mod:`ctscreen.io.nifti`, written even when no SEG can be made); ``pdf`` the
+    one-page ``report.pdf`` (:mod:`ctscreen.io.report_pdf`).
 
     Returns
     -------
@@ -94,7 +108,7 @@ def export_all(result: Any, out_dir: str | os.PathLike, *, png: str = "lesions",
         Everything written, in writing order.
     """
     out = Path(out_dir)
-    names = planned_outputs(png=png, report=report, seg=seg)
+    names = planned_outputs(png=png, report=report, seg=seg, nifti=nifti, pdf=pdf)
     if not force:
         clash = existing_outputs(out, names)
         if clash:
@@ -117,6 +131,12 @@ def export_all(result: Any, out_dir: str | os.PathLike, *, png: str = "lesions",
         else:
             written.append(export_png.write_montage_png(result, out / MONTAGE_NAME, force=force,
                                                         include_patient=include_patient, window=window))
+    if nifti:
+        from ctscreen.io.nifti import write_nifti
+        written += write_nifti(result, out, force=force)
+    if pdf:
+        from ctscreen.io.report_pdf import write_report_pdf
+        written.append(write_report_pdf(result, out / REPORT_PDF, force=force, include_patient=include_patient))
     if seg and bool(getattr(result.lesion, "any", lambda: False)()):
         from ctscreen.io.export_seg import write_seg
         written.append(write_seg(result, out / SEG_NAME, force=force))
@@ -140,11 +160,15 @@ _LAZY = {
     "build_seg": "export_seg",
     "write_seg": "export_seg",
     "display_to_stored": "export_seg",
+    "write_nifti": "nifti",
+    "write_nifti_file": "nifti",
+    "write_report_pdf": "report_pdf",
 }
 
 __all__ = [
     "atomic_write", "existing_outputs", "planned_outputs", "export_all", "slice_png_name",
-    "REPORT_JSON", "REPORT_CSV", "SEG_NAME", "MONTAGE_NAME", "SLICE_PNG_PATTERN", *_LAZY,
+    "REPORT_JSON", "REPORT_CSV", "SEG_NAME", "MONTAGE_NAME", "SLICE_PNG_PATTERN", "NIFTI_NAMES", "REPORT_PDF",
+    *_LAZY,
 ]
 
 
