@@ -168,8 +168,8 @@ class _SeriesRecord:
 def _record(info: Any) -> _SeriesRecord:
     """Reduce a :class:`SeriesInfo` to what the batch needs (drops the headers)."""
     sops: dict[str, str] = {}
-    for fr in info.frames:
-        sops.setdefault(fr.path, fr.sop_instance_uid if fr.frame is None else f"{fr.sop_instance_uid}")
+    for fr in info.frames:  # one SOP UID per file (every frame of a multi-frame file shares it)
+        sops.setdefault(fr.path, fr.sop_instance_uid)
     images = []
     for path in info.files:
         try:
