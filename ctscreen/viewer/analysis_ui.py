@@ -76,6 +76,7 @@ class AnalysisUi(QObject):
         self.exporter = Exporter(window, self._view_state)
         self.cam = CamOnDemand(lambda: window.slice_view.slice_index, self)
         self.controller.shutdown_hooks.append(self.cam.shutdown)
+        self.controller.shutdown_hooks.append(self.results.screening.shutdown)
         self._t0 = 0.0
         self._combo_arch: str | None = None   # architecture of the model chosen in the model box
         self._result_arch: str | None = None  # architecture of the model that made the result

@@ -14,10 +14,11 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QSplitter, QTableWidget, QTableWidgetItem,
-                               QVBoxLayout, QWidget)
+                               QTabWidget, QVBoxLayout, QWidget)
 
 from ctscreen import RESEARCH_NOTICE
 from ctscreen.viewer.overlays import CONSOLIDATION_RGB, GGO_RGB
+from ctscreen.viewer.screening_panel import ScreeningPanel, verdict_html
 
 COLUMNS = ("Slice", "z mm", "GGO mm²", "Cons. mm²", "Lung", "Zone", "% lung")
 _COLUMN_TIPS = ("Slice number (1 = first); ⚠ = Grad-CAM mostly outside the lung", "Slice position along z",
@@ -91,7 +92,11 @@ def totals_html(result: Any) -> str:
 
 
 class ResultsPanel(QWidget):
-    """Totals, per-slice table and the area-along-z plot of one analysis result."""
+    """Totals, per-slice table and the area-along-z plot of one analysis result; the screening verdict.
+
+    The verdict line at the top (category, classifier verdict, notice) is always visible; the
+    *Lesions* tab holds the measurements, the *Screening* tab the :class:`ScreeningPanel`.
+    """
 
     sliceRequested = Signal(int)
 
@@ -150,9 +155,23 @@ class ResultsPanel(QWidget):
         splitter.setStretchFactor(0, 0)
         splitter.setStretchFactor(1, 1)
         splitter.setStretchFactor(2, 1)
+        self.screening = ScreeningPanel()
+        self.screening.sliceRequested.connect(self.sliceRequested)
+        self.verdict = QLabel()
+        self.verdict.setObjectName("screeningVerdict")
+        self.verdict.setWordWrap(True)
+        self.verdict.setTextFormat(Qt.TextFormat.RichText)
+        self.verdict.setToolTip("The screening verdict; the Screening tab says why")
+        self.verdict.linkActivated.connect(lambda _link: self.tabs.setCurrentWidget(self.screening))
+        self.verdict.hide()
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("resultsTabs")
+        self.tabs.addTab(splitter, "Lesions")
+        self.tabs.addTab(self.screening, "Screening")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
-        layout.addWidget(splitter)
+        layout.addWidget(self.verdict)
+        layout.addWidget(self.tabs)
         self._z = np.zeros(0)
         self._items_by_slice: dict[int, QTableWidgetItem] = {}
         self._default_text = self.totals.text()
@@ -160,6 +179,10 @@ class ResultsPanel(QWidget):
     # -- content -------------------------------------------------------------------------------
     def set_result(self, result: Any) -> None:
         self.result = result
+        self.screening.set_result(result)
+        line = verdict_html(getattr(result, "screening", None)) if result is not None else ""
+        self.verdict.setText(line + (" &nbsp;<a href='#screening'>why?</a>" if line else ""))
+        self.verdict.setVisible(bool(line))
         self._items_by_slice = {}
         self.table.setSortingEnabled(False)
         self.table.setRowCount(0)
@@ -215,6 +238,8 @@ class ResultsPanel(QWidget):
         self.splitter.setSizes([head, (total - head) // 2, total - head - (total - head) // 2])
 
     def set_current_slice(self, k: int) -> None:
+        if self.result is not None:
+            self.screening.set_current_slice(k)
         if self.result is None or not len(self._z) or k >= len(self._z):
             return
         self.marker.blockSignals(True)
