@@ -216,7 +216,7 @@ class AnalysisUi(QObject):
         self.include_patient_action = self.export_menu.addAction("Include patient name and ID")
         self.include_patient_action.setCheckable(True)
         self.include_patient_action.setToolTip("Burn patient name and ID into exported PNGs and write them into "
-                                               "report.json (left out unless checked)")
+                                               "report.json and the PDF report (left out unless checked)")
         self.include_patient_action.toggled.connect(lambda on: setattr(self.exporter, "include_patient", bool(on)))
 
     # -- state ---------------------------------------------------------------------------------------------

@@ -25,7 +25,11 @@ EXPORT_KINDS = {
     "report_json": ("Report (JSON)…", "report.json"),
     "report_csv": ("Per-slice table (CSV)…", "report.csv"),
     "seg": ("DICOM Segmentation (SEG)…", "lesions_seg.dcm"),
+    "nifti": ("NIfTI label maps and CT (lesions, lung, ct .nii.gz)…", None),
+    "report_pdf": ("One-page PDF report…", "report.pdf"),
 }
+#: Kinds that write into a folder the user picks.
+FOLDER_KINDS = ("lesion_pngs", "nifti")
 
 
 def _run(fn: Callable[[], Any], cancel: threading.Event) -> Generator[None, None, Any]:
@@ -89,14 +93,16 @@ class Exporter(QObject):
         title, default = EXPORT_KINDS[kind]
         if kind == "slice_png":
             default = export.slice_png_name(k)
-        folder = kind == "lesion_pngs"
+        folder = kind in FOLDER_KINDS
         target = path or self.choose_path(title.rstrip("…"), default or "", folder)
         if not target:
             return False
         target_path = Path(target)
         png_kw = {"window": state["window"], "fill": state["fill"], "opacity": state["opacity"],
                   "include_patient": self.include_patient}
-        if folder:
+        if kind == "nifti":
+            targets = [target_path / n for n in export.NIFTI_NAMES]
+        elif folder:
             targets = [target_path / export.slice_png_name(i) for i in export.lesion_slice_indices(result)]
         else:
             targets = [target_path]
@@ -119,6 +125,10 @@ class Exporter(QObject):
                                                             include_patient=self.include_patient),
             "report_csv": lambda: export.write_report_csv(result, target_path, force=force),
             "seg": lambda: export.write_seg(result, target_path, force=force),
+            "nifti": lambda: (target_path.mkdir(parents=True, exist_ok=True),
+                              export.write_nifti(result, target_path, force=force))[1],
+            "report_pdf": lambda: export.write_report_pdf(result, target_path, force=force,
+                                                          include_patient=self.include_patient),
         }
         self.last_folder = str(target_path if folder else target_path.parent)
         worker = GeneratorWorker(_run, jobs[kind])
@@ -132,7 +142,9 @@ class Exporter(QObject):
         return True
 
     def _done(self, kind: str, target: Path, written: Any) -> None:
-        if kind == "lesion_pngs":
+        if kind == "nifti":
+            self.finished.emit(f"Wrote {', '.join(p.name for p in written or [])} to {target}")
+        elif kind == "lesion_pngs":
             n = len(written or [])
             self.finished.emit(f"Wrote {n} lesion slice PNG(s) to {target}" if n else
                                "No lesion slice to export; nothing was written.")

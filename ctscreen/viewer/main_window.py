@@ -217,6 +217,9 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.open_action)
         file_menu.addAction(self.open_files_action)
         self.pacs_action = file_menu.addAction("Open from &PACS…", self.open_from_pacs)
+        self.compare_action = file_menu.addAction("&Compare with…", self.compare_with)
+        self.compare_action.setToolTip("Open a prior study beside this one, synchronised by anatomy, with the change "
+                                       "per lung and zone")
         self.recent_menu = file_menu.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         self._fill_recent_menu()
@@ -295,6 +298,12 @@ class MainWindow(QMainWindow):
         from ctscreen.viewer.pacs_dialog import open_from_pacs
 
         open_from_pacs(self)
+
+    def compare_with(self) -> None:
+        """File → Compare with…: a prior study beside this one (:mod:`ctscreen.viewer.compare_window`)."""
+        from ctscreen.viewer.compare_window import compare_with
+
+        compare_with(self)
 
     def choose_files(self) -> None:
         start = self.settings.last_folder or str(Path.home())
