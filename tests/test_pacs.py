@@ -406,3 +406,64 @@ def test_date_ranges():
     for bad in ("yesterday", "20201231-20200101", "2020-13"):
         with pytest.raises(ValueError):
             parse_date_range(bad)
+
+
+# -- viewer ------------------------------------------------------------------------------------------------
+@pytest.mark.gui
+def test_viewer_open_from_pacs_retrieves_and_opens_the_series(orthanc, study, tmp_path, qtbot, monkeypatch):
+    from ctscreen.viewer import pacs_settings
+    from ctscreen.viewer.main_window import MainWindow
+    from ctscreen.viewer.settings import ViewerSettings
+
+    study_uid, series_uid, patient_id, _ = study
+    monkeypatch.setenv("CTSCREEN_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.setenv("CTSCREEN_PACS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(pacs_settings.SESSION_SECRETS, "orthanc", PASSWORD)
+    save_servers([ServerConfig(name="orthanc", url=orthanc.url, auth="basic", username=USER)])
+    window = MainWindow(ViewerSettings(tmp_path / "viewer"), interactive=False)
+    qtbot.addWidget(window)
+    window.pacs_action.trigger()
+    dialog = window._pacs_dialog
+    assert dialog.isVisible() and dialog.server_box.currentText() == "orthanc"
+    dialog.patient_id.setText(patient_id)
+    dialog.search()
+    qtbot.waitUntil(lambda: dialog.tree.topLevelItemCount() == 1 and dialog.tree.topLevelItem(0).childCount() >= 1
+                    and not dialog._busy(), timeout=20000)
+    assert dialog.selected_series().series_instance_uid == series_uid  # the CT series is preselected
+    with qtbot.waitSignal(window.volumeLoaded, timeout=30000) as loaded:
+        dialog.retrieve_selected()
+    volume = loaded.args[0]
+    assert volume.series_instance_uid == series_uid and volume.shape[0] == len(INSTANCES)
+    assert Path(volume.source_files[0]).parent == tmp_path / "cache" / study_uid / series_uid
+    assert not dialog.isVisible()
+
+
+@pytest.mark.gui
+def test_viewer_pacs_settings_saves_servers_without_secrets(tmp_path, qtbot, monkeypatch):
+    from ctscreen.viewer import pacs_settings
+    from ctscreen.viewer.pacs_settings import PacsSettingsDialog
+
+    monkeypatch.setattr(pacs_settings, "SESSION_SECRETS", {})
+    monkeypatch.setattr(pacs_settings, "set_secret", lambda server, secret: False)  # as with no keyring
+    dlg = PacsSettingsDialog(folder=tmp_path)
+    qtbot.addWidget(dlg)
+    dlg.add_server()
+    dlg.name.setText("hospital")
+    dlg.url.setText("https://pacs.example/dicom-web")
+    dlg.auth.setCurrentIndex(dlg.auth.findData("basic"))
+    dlg.username.setText("radiology")
+    dlg.secret.setText("top-secret")
+    dlg.add_server()
+    dlg.name.setText("archive")
+    dlg.protocol.setCurrentIndex(1)
+    dlg.host.setText("pacs.example")
+    dlg.port.setValue(11112)
+    dlg.called_ae.setText("ARCHIVE")
+    with qtbot.waitSignal(dlg.saved, timeout=2000):
+        dlg.save()
+    text = (tmp_path / SERVERS_FILE).read_text()
+    assert "top-secret" not in text
+    servers = {s.name: s for s in load_servers(tmp_path)}
+    assert servers["hospital"].username == "radiology" and servers["hospital"].auth == "basic"
+    assert servers["archive"].protocol == "dimse" and servers["archive"].port == 11112
+    assert pacs_settings.SESSION_SECRETS == {"hospital": "top-secret"}  # this session only

@@ -85,6 +85,7 @@ class PacsDialog(QDialog):
         self.servers: list[ServerConfig] = []
         self._worker: GeneratorWorker | None = None
         self._last_error = ""
+        self._pending_expand: QTreeWidgetItem | None = None  # a study expanded while busy: list it after
 
         self.server_box = QComboBox()
         self.server_box.setMinimumWidth(260)
@@ -140,7 +141,7 @@ class PacsDialog(QDialog):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.progress.setFormat("%v / %m")
+        self.progress.setFormat("")
         self.status = QLabel("Choose a server, fill in what you know, and press Search.")
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -179,7 +180,8 @@ class PacsDialog(QDialog):
             self.status.setText(str(exc))
         self.server_box.clear()
         for s in self.servers:
-            self.server_box.addItem(s.describe(), s.name)
+            self.server_box.addItem(s.name, s.name)
+            self.server_box.setItemData(self.server_box.count() - 1, s.describe(), Qt.ItemDataRole.ToolTipRole)
         i = self.server_box.findText(current)
         if i >= 0:
             self.server_box.setCurrentIndex(i)
@@ -249,6 +251,9 @@ class PacsDialog(QDialog):
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
         self._selection_changed()
+        pending, self._pending_expand = self._pending_expand, None
+        if pending is not None and not self._last_error:
+            self._expanded(pending)
 
     def cancel(self) -> None:
         if self._worker is not None:
@@ -293,7 +298,10 @@ class PacsDialog(QDialog):
 
     def _expanded(self, item: QTreeWidgetItem) -> None:
         kind, record = item.data(0, _ROLE) or (None, None)
-        if kind != "study" or item.childCount() or self._busy():
+        if kind != "study" or item.childCount():
+            return
+        if self._busy():
+            self._pending_expand = item
             return
         server = self.current_server()
         if server is None:
@@ -305,8 +313,10 @@ class PacsDialog(QDialog):
     def _show_series(self, study_item: QTreeWidgetItem, series: list[SeriesRecord]) -> None:
         for se in series:
             n = "?" if se.instance_count is None else str(se.instance_count)
-            child = QTreeWidgetItem(["", "", f"#{se.series_number if se.series_number is not None else '?'}", "",
-                                     se.modality, se.description or "(no description)", f"{n} images"])
+            number = se.series_number if se.series_number is not None else "?"
+            child = QTreeWidgetItem([f"Series #{number}", "", "", "", se.modality,
+                                     se.description or "(no description)", f"{n} images"])
+            child.setToolTip(0, se.series_instance_uid)
             child.setData(0, _ROLE, ("series", se))
             study_item.addChild(child)
         study_item.setChildIndicatorPolicy(QTreeWidgetItem.ChildIndicatorPolicy.DontShowIndicatorWhenChildless)
@@ -346,6 +356,7 @@ class PacsDialog(QDialog):
                   label=f"Retrieving series {series.series_number or ''} {series.description} \u2026")
 
     def _progress(self, p: Any) -> None:
+        self.progress.setFormat("%v / %m")
         self.progress.setRange(0, max(1, int(p.total)))
         self.progress.setValue(int(p.done))
         if p.message:
