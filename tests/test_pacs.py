@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -229,7 +231,7 @@ def _series_by_modality(pacs, study_uid):
     return out
 
 
-def test_push_seg_and_key_images_by_stow_then_query(orthanc, study, analysed):
+def test_push_seg_and_key_images_by_stow_then_query(orthanc, study, analysed, tmp_path):
     from ctscreen.io.pacs.send import result_datasets
 
     study_uid, _, patient_id, _ = study
@@ -239,6 +241,13 @@ def test_push_seg_and_key_images_by_stow_then_query(orthanc, study, analysed):
     for sc in datasets[1:]:
         assert sc.StudyInstanceUID == study_uid and sc.PatientID == patient_id
         assert sc.BurnedInAnnotation == "NO" and "Research use only" in sc.ImageComments
+    exe = shutil.which("dciodvfy")
+    if exe:  # the key image is a valid Secondary Capture (dicom3tools, installed by tools/install.sh)
+        path = tmp_path / "sc.dcm"
+        datasets[1].save_as(path, enforce_file_format=True)
+        report = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+        errors = [ln for ln in (report.stdout + report.stderr).splitlines() if ln.startswith("Error")]
+        assert not errors, errors
     with connect(web(orthanc)) as pacs:
         stored = pacs.store(datasets)
         assert not stored.failed and len(stored.stored) == 4

@@ -118,6 +118,7 @@ def build_secondary_capture(reference: Dataset, rgb: np.ndarray, *, series_insta
     sc.BurnedInAnnotation = "YES" if burned_in_patient else "NO"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.SoftwareVersions = __version__
+    sc.Laterality = ""  # Type 2C in General Series: a chest CT study is not of one side
     sc.ManufacturerModelName = "ctscreen"
     if source_image is not None and all(source_image):
         item = Dataset()
