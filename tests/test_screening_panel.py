@@ -67,8 +67,8 @@ def test_panel_shows_category_criteria_probabilities_and_jumps(qtbot, result):
         item = panel.table.item(r, 0)
         assert item.font().bold() == c.decisive
         assert panel.table.item(r, 1).text() == c.value_text()
-        assert panel.table.item(r, 2).text() == c.threshold
-        assert panel.table.item(r, 3).text() == {True: "yes", False: "no", None: "–"}[c.met]
+        assert panel.table.item(r, 2).text() == {True: "yes", False: "no", None: "–"}[c.met]
+        assert panel.table.item(r, 3).text() == c.threshold
     for key, p in PROBS.items():
         assert panel.bars[key].value() == round(1000 * p) and panel.bars[key].text() == f"{p:.2f}"
     assert [b.text() for b in panel.top_buttons] == [str(k + 1) for k in TOP]

@@ -41,7 +41,7 @@ CATEGORY_COLOURS = {"typical": "#ff8a65", "indeterminate": "#ffd54f", "atypical"
 #: The classifier's classes, in display order, with their bar colours.
 CLASSES = (("covid19", "COVID-19 pneumonia", "#ff8a65"), ("other_pneumonia", "Other pneumonia", "#4fc3f7"),
            ("no_pneumonia", "No pneumonia", "#81c784"))
-CRITERIA_COLUMNS = ("Criterion", "Value", "Threshold", "Met")
+CRITERIA_COLUMNS = ("Criterion", "Value", "Met", "Threshold")
 THUMB_PX = 230
 DEBOUNCE_MS = 200
 MAX_MAPS = 48
@@ -287,11 +287,15 @@ class ScreeningPanel(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.table.setWordWrap(True)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideNone)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         head = self.table.horizontalHeader()
-        head.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        head.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         head.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
-        head.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
-        head.setSectionResizeMode(3, QHeaderView.ResizeMode.ResizeToContents)
+        head.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
+        head.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        head.sectionResized.connect(lambda *_: self._fit_table())
         self.table.setToolTip("Every criterion of the RSNA category, measured on the segmentation; "
                               "bold rows decided the category. Hover a row for the figures behind it.")
 
@@ -347,7 +351,7 @@ class ScreeningPanel(QWidget):
         layout = QVBoxLayout(inner)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.header)
-        layout.addWidget(self.table, 1)
+        layout.addWidget(self.table)
         layout.addWidget(self.prob_box)
         layout.addWidget(self.prob_note)
         layout.addWidget(self.top_label)
@@ -406,19 +410,30 @@ class ScreeningPanel(QWidget):
         bold.setBold(True)
         for r, (label, value, threshold, met, decisive, detail) in enumerate(rows):
             cells = [QTableWidgetItem(("◆ " if decisive else "") + label), QTableWidgetItem(value),
-                     QTableWidgetItem(threshold), QTableWidgetItem(met)]
+                     QTableWidgetItem(met), QTableWidgetItem(threshold)]
             cells[1].setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-            cells[3].setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+            cells[2].setTextAlignment(Qt.AlignmentFlag.AlignCenter)
             if met == "yes":
-                cells[3].setForeground(QColor("#81c784"))
+                cells[2].setForeground(QColor("#81c784"))
             elif met == "no":
-                cells[3].setForeground(QColor("#e57373"))
+                cells[2].setForeground(QColor("#e57373"))
             for c, item in enumerate(cells):
                 if decisive:
                     item.setFont(bold)
                 item.setToolTip(detail or threshold)
                 self.table.setItem(r, c, item)
+        self._fit_table()
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        QTimer.singleShot(0, self._fit_table)  # after the columns took their new widths
+
+    def _fit_table(self) -> None:
+        """Rows as tall as their wrapped text; the table as tall as its rows (the panel scrolls, not the table)."""
         self.table.resizeRowsToContents()
+        height = self.table.horizontalHeader().height() + 2 * self.table.frameWidth()
+        height += sum(self.table.rowHeight(r) for r in range(self.table.rowCount()))
+        self.table.setFixedHeight(max(height, 40))
 
     def _fill_probabilities(self, result: Any, s: Any) -> None:
         probs = dict(getattr(s, "probabilities", {}) or {}) if s is not None else {}
