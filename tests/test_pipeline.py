@@ -63,7 +63,7 @@ def test_analyze_yields_increasing_progress_and_an_immutable_result(model_file, 
     assert ticks and all(isinstance(p, Progress) for p in ticks)
     fractions = [p.fraction for p in ticks]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
-    stages = ("model", "lung_mask", "segmentation") + (() if fused else ("gradcam",)) + ("measurements",)
+    stages = ("model", "lung_mask", "segmentation") + (() if fused else ("gradcam",)) + ("measurements", "screening")
     assert [s for i, s in enumerate(p.stage for p in ticks) if i == 0 or ticks[i - 1].stage != s] == list(stages)
     for stage in stages:
         done = [p.done for p in ticks if p.stage == stage]
@@ -88,7 +88,7 @@ def test_analyze_yields_increasing_progress_and_an_immutable_result(model_file, 
         result.lesion[0, 0, 0] = 1  # read-only
     assert result.model_name == "tiny" and result.model_version == "test-1"
     assert result.device.startswith("cpu")
-    assert set(result.timings_s) == {"model", "lung_mask", "segmentation", "gradcam", "measurements"}
+    assert set(result.timings_s) == {"model", "lung_mask", "segmentation", "gradcam", "measurements", "screening"}
 
     assert sorted(result.cam) == list(range(NZ))  # cam="all"
     for k, m in result.cam.items():
