@@ -366,12 +366,24 @@ def _pixel_info(data: bytes, pos: int, ds: Dataset, data_size: int, deflated: bo
                       end == "<", deflated, complete)
 
 
+#: A run of zero bytes this long does not occur in a real header before its Pixel Data: it is a
+#: sparse, zero-filled or cut-and-padded file, and parsing it would read one empty element per 8 bytes.
+_ZERO_RUN = bytes(32768)
+
+
 def _parse_header(data: bytes) -> tuple[Dataset | None, int, Exception | None]:
+    cut = data.find(_ZERO_RUN, 132)
+    if cut >= 0:
+        data = data[:cut]
     bio = io.BytesIO(data)
     try:
         ds = pydicom.dcmread(bio, stop_before_pixels=True, force=True)
     except Exception as exc:  # noqa: BLE001 - the caller decides
         return None, bio.tell(), exc
+    if 0 in ds and any(k in ds for k in _IDENTIFYING):
+        # A tag (0000,0000) inside a dataset: the header runs into zero-filled bytes (a sparse or
+        # damaged file); reading on would parse megabytes of empty elements.
+        return None, bio.tell(), ValueError("the header runs into zero-filled bytes (damaged or sparse file)")
     return ds, bio.tell(), None
 
 
@@ -447,6 +459,9 @@ def _read_header_info(path: str) -> tuple[Dataset, _PixelInfo | None]:
             return ds, _PixelInfo(size, 0, size, True) if "Rows" in ds else None
         if ds is not None and not any(k in ds for k in _IDENTIFYING):
             return ds, None  # nothing DICOM-like in 64 KiB: do not read on (a sparse or garbage file)
+        if data.find(_ZERO_RUN, 132) >= 0:  # reading on would stop at the same place
+            raise ValueError("the header runs into zero-filled bytes before any Pixel Data "
+                             "(a damaged or sparse file)")
         fh.seek(0)
         data = fh.read(HEADER_BUDGET_BYTES)
     ds, pos, exc = _parse_header(data)
@@ -456,6 +471,8 @@ def _read_header_info(path: str) -> tuple[Dataset, _PixelInfo | None]:
         if ds is None:
             raise exc  # type: ignore[misc]
         return ds, _PixelInfo(size, 0, size, True) if "Rows" in ds else None
+    if data.find(_ZERO_RUN, 132) >= 0:
+        raise ValueError("the header runs into zero-filled bytes before any Pixel Data (a damaged or sparse file)")
     raise ValueError(f"no Pixel Data within the first {HEADER_BUDGET_BYTES >> 20} MiB "
                      f"of a {size / 2**20:.0f} MiB file — damaged or not an image")
 
@@ -988,6 +1005,19 @@ def _arrange(frames: list[_Frame]) -> _Arrangement:
         return _Arrangement(tuple(frames[i] for i in kept), tuple(float(v) for v in z),
                             med, -n, tuple(warnings), problem)
     # No geometry: InstanceNumber order (PS3.3 says it is not geometry, hence the warning).
+    # The same image twice (same SOPInstanceUID) is kept once, as with positions.
+    seen: dict[str, _Frame] = {}
+    copies = []
+    for f in frames:
+        if f.sop_instance_uid and f.sop_instance_uid in seen:
+            copies.append(f)
+        elif f.sop_instance_uid:
+            seen[f.sop_instance_uid] = f
+    if copies:
+        frames = [f for f in frames if not any(f is c for c in copies)]
+        names = ", ".join(f.name for f in copies[:5]) + (f" and {len(copies) - 5} more" if len(copies) > 5 else "")
+        warnings.append(f"{len(copies)} slice(s) are copies of another (same SOPInstanceUID); kept one of each "
+                        f"and skipped {names}")
     order = sorted(range(len(frames)),
                    key=lambda i: (frames[i].instance_number is None, frames[i].instance_number or 0,
                                   frames[i].path, frames[i].frame or 0))
@@ -1436,7 +1466,7 @@ def _sign_correct(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray
 _ENCAPSULATED_PIXEL_DATA = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0"
 
 
-def _fast_jpeg(path: str, header: Dataset) -> np.ndarray | None:
+def _fast_jpeg(path: str, header: Dataset, pixel: _PixelInfo | None = None) -> np.ndarray | None:
     """Decode a single-frame JPEG image without parsing the dataset again.
 
     The header was parsed by :func:`scan_folder`; here the file is read as bytes,
@@ -1445,7 +1475,8 @@ def _fast_jpeg(path: str, header: Dataset) -> np.ndarray | None:
     (the caller then takes pydicom's path).
     """
     with _open_regular(path) as fh:
-        data = fh.read()
+        end = _pixel_data_end(fh, pixel)
+        data = fh.read(end) if end is not None else fh.read()
     at = data.rfind(_ENCAPSULATED_PIXEL_DATA)
     if at < 0:
         return None
@@ -1499,6 +1530,30 @@ def _check_codestream(stream: bytes, header: Dataset) -> None:
         raise ValueError(f"the compressed image is {size[0]}x{size[1]} but the header says {rows}x{cols}")
 
 
+def _pixel_data_end(fh: Any, pixel: _PixelInfo | None) -> int | None:
+    """Byte offset just past the Pixel Data element of an open file (None when not known)."""
+    if pixel is None or pixel.deflated:
+        return None
+    if pixel.length is not None:
+        return min(pixel.offset + pixel.length, pixel.data_size)
+    end = "<" if pixel.little else ">"
+    pos = pixel.offset
+    for _ in range(4 * MAX_FRAMES_PER_FILE):  # items of the encapsulated sequence, 8 bytes read each
+        fh.seek(pos)
+        item = fh.read(8)
+        if len(item) < 8:
+            break
+        group, elem, length = struct.unpack(end + "HHI", item)
+        if (group, elem) == (0xFFFE, 0xE0DD):
+            pos += 8
+            break
+        if (group, elem) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
+            break
+        pos += 8 + length
+    fh.seek(0)
+    return min(pos, pixel.data_size)
+
+
 def _dataset_for_decoding(path: str, ts: str, pixel: _PixelInfo | None, n_frames: int, header: Dataset) -> Dataset:
     """The full dataset of a file, read within bounds.
 
@@ -1521,7 +1576,9 @@ def _dataset_for_decoding(path: str, ts: str, pixel: _PixelInfo | None, n_frames
         ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.1")
         return ds
     with _open_regular(path) as fh:
-        ds = pydicom.dcmread(fh, force=True)
+        # Up to the end of the pixel data only: what follows it (a sparse or padded tail) is never parsed.
+        end = _pixel_data_end(fh, pixel)
+        ds = pydicom.dcmread(io.BytesIO(fh.read(end) if end is not None else fh.read()), force=True)
     try:
         compressed = UID(ts).is_compressed
     except ValueError:
@@ -1548,7 +1605,7 @@ def _decode_file(path: str, header: Dataset, ts: str, frames: list[int | None], 
     if (frames == [None] and _jpeg8_decode is not None and ts in _FAST_JPEG_SYNTAXES
             and (_int_or_none(_get(header, "SamplesPerPixel")) or 1) == 1):
         try:
-            arr = _fast_jpeg(path, header)
+            arr = _fast_jpeg(path, header, pixel)
         except Exception:
             arr = None
         if arr is not None:
