@@ -369,6 +369,10 @@ def test_server_errors_give_clear_messages(orthanc, study):
     with pytest.raises(PacsError, match=r"HTTP 404.*check the URL path"):
         with connect(wrong_path) as pacs:
             pacs.find_studies(StudyQuery(patient_id="X"))
+    rest_root = dataclasses.replace(web(orthanc), url=orthanc.rest)  # Orthanc's own REST API, not DICOMweb
+    with pytest.raises(PacsError, match=r"not DICOM JSON.*DICOMweb root"):
+        with connect(rest_root) as pacs:
+            pacs.find_studies(StudyQuery(patient_id="X"))
     wrong_password = web(orthanc).with_secret("wrong")
     with pytest.raises(PacsError, match=r"HTTP 401.*check the user name and password"):
         with connect(wrong_password) as pacs:

@@ -91,6 +91,17 @@ class DicomWebClient:
             raise PacsError(f"PACS {self.server.describe()} sent an answer that is not DICOMweb while {action}: "
                             f"{exc} \u2014 check the URL points at the DICOMweb root") from exc
 
+    def _datasets(self, answers: Any, action: str) -> list[Dataset]:
+        """QIDO-RS answers as datasets; anything that is not DICOM JSON is a :class:`PacsError`."""
+        try:
+            if not isinstance(answers, list):
+                raise TypeError(f"expected a JSON list, got {type(answers).__name__}")
+            return [Dataset.from_json(a) for a in answers]
+        except Exception as exc:  # noqa: BLE001 - a web page, an Orthanc REST list, ...
+            raise PacsError(f"PACS {self.server.describe()} answered something that is not DICOM JSON while "
+                            f"{action} — check that the URL is the DICOMweb root (for Orthanc it ends in "
+                            "/dicom-web)") from exc
+
     def close(self) -> None:
         try:
             self._client._session.close()
@@ -113,21 +124,21 @@ class DicomWebClient:
         answers = self._call("searching studies", self._client.search_for_studies,
                              search_filters=query.filters(), fields=list(STUDY_FIELDS),
                              limit=query.limit or None)
-        return [StudyRecord.from_dataset(Dataset.from_json(a)) for a in answers]
+        return [StudyRecord.from_dataset(ds) for ds in self._datasets(answers, "searching studies")]
 
     def find_series(self, study_uid: str, modality: str = "") -> list[SeriesRecord]:
         """QIDO-RS series of one study (optionally one modality)."""
         filters = {"Modality": modality} if modality else None
         answers = self._call("listing series", self._client.search_for_series, study_instance_uid=study_uid,
                              search_filters=filters, fields=list(SERIES_FIELDS))
-        out = [SeriesRecord.from_dataset(Dataset.from_json(a), study_uid) for a in answers]
+        out = [SeriesRecord.from_dataset(ds, study_uid) for ds in self._datasets(answers, "listing series")]
         return sorted(out, key=lambda s: (s.series_number is None, s.series_number or 0, s.series_instance_uid))
 
     def find_instances(self, study_uid: str, series_uid: str) -> list[str]:
         """SOP Instance UIDs of one series."""
         answers = self._call("listing instances", self._client.search_for_instances, study_instance_uid=study_uid,
                              series_instance_uid=series_uid, fields=["SOPInstanceUID"], get_remaining=True)
-        return [str(Dataset.from_json(a).SOPInstanceUID) for a in answers]
+        return [str(ds.SOPInstanceUID) for ds in self._datasets(answers, "listing instances") if "SOPInstanceUID" in ds]
 
     # -- retrieve --------------------------------------------------------------------------------
     def retrieve_series(self, study_uid: str, series_uid: str, cache_dir: str,

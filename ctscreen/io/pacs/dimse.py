@@ -11,6 +11,7 @@ messages.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -55,6 +56,21 @@ _STATUS_PENDING = (0xFF00, 0xFF01)
 
 # pynetdicom logs every failed association on its own logger at ERROR level; our message says it once.
 logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def _closing(assoc: Any):
+    """Release the association after normal work; abort it (no waiting on the peer) on an error,
+    a cancel, Ctrl-C or a generator closed half-way."""
+    try:
+        yield assoc
+    except BaseException:
+        if assoc.is_established:
+            assoc.abort()
+        raise
+    else:
+        if assoc.is_established:
+            assoc.release()
 
 
 def _sop_class(keyword: str) -> Any:
@@ -334,13 +350,10 @@ class DimseClient:
                 ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
             roles.append(build_role(uid, scp_role=True))
         assoc = self._associate(ae, "retrieving (C-GET)", ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, handler)])
-        try:
+        with _closing(assoc):
             for ds in requests:
                 yield from self._drive(assoc, assoc.send_c_get(ds, GetModel), "retrieving (C-GET)", cancel, series_uid)
                 yield None
-        finally:
-            if assoc.is_established:
-                assoc.release()
 
     def _move(self, requests: list[Dataset], handler: Any, cancel: CancelCheck, series_uid: str) -> Generator:
         from pynetdicom import evt
@@ -359,14 +372,11 @@ class DimseClient:
             ae = self._ae()
             ae.add_requested_context(MoveModel)
             assoc = self._associate(ae, "retrieving (C-MOVE)")
-            try:
+            with _closing(assoc):
                 for ds in requests:
                     yield from self._drive(assoc, assoc.send_c_move(ds, self.server.calling_ae, MoveModel),
                                            "retrieving (C-MOVE)", cancel, series_uid)
                     yield None
-            finally:
-                if assoc.is_established:
-                    assoc.release()
         finally:
             server.shutdown()
 
