@@ -15,6 +15,7 @@ from ctscreen.imaging.screening import assess_result, with_classifier
 from ctscreen.io import export, export_png
 from ctscreen.io.export_report import CSV_COLUMNS, SLICE_FIELDS, STUDY_CSV_COLUMNS
 
+from test_analyze_cli import _run, chest_folder, tiny_model  # noqa: F401 - module fixtures reused here
 from test_export_fixtures import synthetic_result
 from test_export_report import documented_keys
 
@@ -98,3 +99,22 @@ def test_cli_summary_line_has_the_verdict(res, tmp_path):
     assert f"RSNA {res.screening.category}" in line
     assert "classifier COVID-19 0.81 / other 0.12 / none 0.07" in line
     assert "research use only - not for diagnosis" in line
+
+
+def test_cli_missing_classifier_fails_before_any_work(capsys, chest_folder, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model,
+                                "--device", "cpu", "--classifier", str(tmp_path / "nope.pt"))
+    assert code == 2 and stdout == "" and not out.exists()
+    assert "nope.pt" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_cli_classifier_none_writes_the_category_alone(capsys, chest_folder, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, _ = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model, "--device", "cpu",
+                           "--cam", "none", "--no-seg", "--png", "none", "--classifier", "none")
+    assert code == 0
+    s = json.loads((out / export.REPORT_JSON).read_text("utf-8"))["screening"]
+    assert s["category"] in ("typical", "indeterminate", "atypical", "negative")
+    assert s["probabilities"] == {} and s["verdict"] == ""
+    assert f"RSNA {s['category']}" in stdout and "no classifier probabilities" in stdout

@@ -395,6 +395,11 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
     model = load_model(getattr(args, "model", None), device=getattr(args, "device", "auto") or "auto")
     model_s = time.perf_counter() - t
     check_loaded_cam_layer(model, cam_layer)
+    classifier = getattr(args, "classifier", None) or None
+    if classifier and classifier.lower() != "none":
+        from ctscreen.inference.classifier import classifier_path
+
+        classifier = str(classifier_path(classifier))  # a missing file fails now, not after the analysis
     choice: list[str] = []
     info = pick_series(Path(args.folder).expanduser(), getattr(args, "series", None), choice)
     if show_progress:
@@ -404,7 +409,7 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
     from ctscreen.inference.pipeline import STAGE_LABELS, AnalyzeOptions, analyze
 
     options = AnalyzeOptions(model=model, cam=cam, cam_layer=cam_layer,
-                             batch_size=int(getattr(args, "batch_size", 0) or 8))
+                             batch_size=int(getattr(args, "batch_size", 0) or 8), classifier=classifier)
     bar = ProgressBar(stream=progress_stream, enabled=show_progress)
     gen = analyze(info, options)
     try:
@@ -453,6 +458,10 @@ def add_parser(sub: Any) -> None:
                    help="also write lesions.nii.gz, lung.nii.gz and ct.nii.gz (RAS affine; opens aligned in "
                         "ITK-SNAP, 3D Slicer, nnU-Net)")
     a.add_argument("--pdf", action="store_true", help="also write report.pdf, a one-page report to file or print")
+    a.add_argument("--classifier", metavar="NAME|FILE|none", default=None,
+                   help="screening classifier for the COVID-19 / other pneumonia / no pneumonia probabilities "
+                        "(default: the shipped one; a file written by 'ctscreen train-classifier'; 'none' for the "
+                        "RSNA category alone)")
     a.add_argument("--force", action="store_true", help="overwrite existing output files")
     a.add_argument("--include-patient", action="store_true",
                    help="burn patient name and ID into the PNGs and write them into report.json (left out by default)")
