@@ -480,6 +480,13 @@ def run_analyze(args: argparse.Namespace) -> int:
         if msg == str(exc):
             raise
         raise type(exc)(msg) from exc
+    except MemoryError:  # exports are staged: nothing half-written is left in --out
+        raise CtscreenError(f"out of memory while analysing {args.folder} \u2014 close other programs, or "
+                            "analyse a smaller series (--series; `ctscreen info` lists them)") from None
+    except Exception as exc:  # never a traceback: one line naming what failed
+        raise CtscreenError(_one_line(
+            f"unexpected error while analysing {args.folder} ({type(exc).__name__}: {exc}) \u2014 nothing was "
+            f"written; check the series with `ctscreen info {args.folder}` and report this line")) from exc
     for line in run.notes:
         print(f"ctscreen analyze: {_one_line(line)}", file=sys.stderr)
     print(summary(run.result, run.out, list(run.written), run.total_s))
