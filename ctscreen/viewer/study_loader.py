@@ -44,11 +44,12 @@ def pick_series(scan: Any, uid: str | None = None) -> Any:
 
 
 def _scan(path: str, cancel: threading.Event) -> Generator[None, None, Any]:
-    # scan_folder is one call; the generator shape lets it share the worker.
+    # scan_folder is one call (it checks ``cancel`` between files); the generator shape lets it
+    # share the worker.
     yield None
     if cancel.is_set():
         raise Cancelled("opening cancelled by the user")
-    return dicom.scan_folder(path)
+    return dicom.scan_folder(path, cancel=cancel)
 
 
 def _load(source: Any, cancel: threading.Event) -> Generator[Any, None, Any]:
