@@ -261,7 +261,7 @@ def test_interrupt_inside_a_study_leaves_no_half_written_folder(archive, tmp_pat
     calls = []
 
     def export_then_interrupt(result, out, *a, **k):
-        written = real(result, out, *a, **k)  # files are in the staging folder now
+        real(result, out, *a, **k)  # the files are in the staging folder now
         calls.append(out)
         raise KeyboardInterrupt
 
@@ -360,3 +360,35 @@ def test_batch_package_loads_neither_torch_nor_qt():
             "print([m for m in ('torch', 'PySide6', 'pyqtgraph', 'distributed') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_pacs_query_as_the_source(tmp_path, tiny_model, monkeypatch, capsys):
+    """The studies a DICOMweb search finds on a real Orthanc are retrieved, analysed, and skipped on a rerun."""
+    import orthanc_server
+
+    if orthanc_server.available():
+        pytest.skip(orthanc_server.available())
+    from ctscreen.batch.discover import study_id_for
+
+    slices = {name: _middle(name, 12) for name in ("P001", "normal001")}
+    server = orthanc_server.OrthancServer(tmp_path / "orthanc").start()
+    try:
+        for files in slices.values():
+            server.upload(files)
+        monkeypatch.setenv("CTSCREEN_PACS_SECRET", orthanc_server.PASSWORD)
+        out, cache = tmp_path / "out", tmp_path / "cache"
+        argv = ["batch", "--dicomweb", server.url, "--user", orthanc_server.USER, "--modality", "CT",
+                "--cache", str(cache), "--out", str(out), "--workers", "0", "--model", tiny_model, *FAST]
+        assert main(argv) == 0
+        rows = _rows(out)
+        uids = {str(pydicom.dcmread(f[0], stop_before_pixels=True).StudyInstanceUID) for f in slices.values()}
+        assert set(rows) == {study_id_for(u) for u in uids}
+        assert all(r["status"] == "done" and r["slice_count"] == 12 for r in rows.values())
+        assert main(argv) == 0  # a rerun finds everything cached and finished
+        assert _summary(out)["counts"]["reused"] == 2
+        # a PACS that does not answer: one line, no hang
+        server.stop()
+        assert main(argv) == 2
+        assert "error" in capsys.readouterr().err.splitlines()[-1]
+    finally:
+        server.stop()

@@ -50,7 +50,7 @@ from typing import Any
 
 from ctscreen import RESEARCH_NOTICE, __version__
 from ctscreen.errors import Cancelled
-from ctscreen.batch.discover import Discovery, Study
+from ctscreen.batch.discover import Discovery
 from ctscreen.batch.study import (
     OLD, PATIENT_COLUMNS, STAGING, SUMMARY_COLUMNS, BatchOptions, StudyTask, base_row, configure_worker,
     read_batch_json, result_key, run_study,

@@ -12,7 +12,6 @@ Research use, not for diagnosis.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 from pathlib import Path
@@ -27,7 +26,8 @@ def add_parser(sub: Any) -> None:
     b = sub.add_parser("batch", help="analyse every study under a folder (local workers or a Dask cluster)",
                        description="Analyse every study (StudyInstanceUID) under ROOT with the full pipeline. "
                                    f"{RESEARCH_NOTICE}")
-    b.add_argument("root", metavar="ROOT", help="folder holding the studies (walked recursively)")
+    b.add_argument("root", metavar="ROOT", nargs="?",
+                   help="folder holding the studies (walked recursively); or give a PACS and a search instead")
     b.add_argument("--out", required=True, help="output folder: one folder per study, summary.csv, summary.json")
     b.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: 2 per GPU, else one per 2 CPU cores; 0 = in this process)")
@@ -47,6 +47,21 @@ def add_parser(sub: Any) -> None:
                    help="name result folders by PatientID/StudyDate and put patient data and source folders "
                         "into the summary (left out by default)")
     b.add_argument("--quiet", action="store_true", help="print only the final summary line")
+    from ctscreen.cli.pull import add_server_args
+
+    add_server_args(b)  # --server / --dicomweb / --dimse: a PACS as the source instead of ROOT
+    for group in b._mutually_exclusive_groups:  # optional here: ROOT is the other source
+        group.required = False
+    q = b.add_argument_group("PACS search (with --server, --dicomweb or --dimse; CT series are retrieved)")
+    q.add_argument("--patient-id", default="", metavar="ID")
+    q.add_argument("--name", default="", help="patient name (matches names starting with it)")
+    q.add_argument("--date", default="", metavar="FROM-TO", help="study date range, YYYYMMDD-YYYYMMDD")
+    q.add_argument("--accession", default="", metavar="NUMBER")
+    q.add_argument("--modality", default="", metavar="CT", help="studies with this modality in them")
+    q.add_argument("--study", default="", metavar="UID", help="one Study Instance UID")
+    q.add_argument("--limit", type=int, default=0, metavar="N", help="at most N studies")
+    q.add_argument("--cache", metavar="DIR", default=None,
+                   help="where retrieved series are kept (default: ctscreen's PACS cache folder)")
 
 
 def _line(ev: Any) -> str:
@@ -62,6 +77,28 @@ def _line(ev: Any) -> str:
     if r.get("screening_category"):
         what += f", {r['screening_category']}"
     return f"{head} {what} in {r.get('total_s', 0):.1f} s"
+
+
+def _from_pacs(args: argparse.Namespace, say: Any) -> tuple[Path, Any]:
+    """Search the PACS, retrieve the matching studies' CT series into the cache, discover them."""
+    from ctscreen.batch.pacs_source import pull_studies
+    from ctscreen.cli.pull import _query, server_from_args
+    from ctscreen.io.pacs.common import PacsError
+    from ctscreen.io.pacs.config import default_cache_dir
+
+    query = _query(args)
+    if not query.filters():
+        raise PacsError("give at least one search criterion (--patient-id, --name, --date, --accession, --modality, "
+                        "--study), so the whole archive is not pulled")
+    server = server_from_args(args)
+    cache = Path(args.cache).expanduser() if args.cache else default_cache_dir()
+    say(f"searching {server.describe()}; series go to {cache}")
+    gen = pull_studies(server, query, cache, include_patient=args.include_patient)
+    while True:
+        try:
+            say(next(gen))
+        except StopIteration as stop:
+            return cache, stop.value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,9 +120,16 @@ def run(args: argparse.Namespace) -> int:
     load_model(args.model, device="cpu")  # a missing or corrupt model fails here, not in every worker
     options = BatchOptions(model=args.model, device=args.device, png=args.png, cam=args.cam,
                            cam_layer=args.cam_layer, seg=not args.no_seg, include_patient=args.include_patient)
-    root = Path(args.root).expanduser()
-    discovery = discover_studies(root, include_patient=args.include_patient, exclude=out)
     say = (lambda s: None) if args.quiet else (lambda s: print(f"ctscreen batch: {s}", file=sys.stderr, flush=True))
+    pacs = bool(getattr(args, "server", None) or getattr(args, "dicomweb", None) or getattr(args, "dimse", None))
+    if pacs == bool(args.root):
+        raise CtscreenError("give ROOT (a folder of studies) or a PACS (--server, --dicomweb or --dimse) with a "
+                            "search, not both" if pacs else "give ROOT, a folder of studies, or a PACS to search")
+    if pacs:
+        root, discovery = _from_pacs(args, say)
+    else:
+        root = Path(args.root).expanduser()
+        discovery = discover_studies(root, include_patient=args.include_patient, exclude=out)
     for note in discovery.notes:
         say(note)
     if not discovery.studies:
