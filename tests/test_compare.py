@@ -164,6 +164,15 @@ def test_real_study_against_itself_is_zero_change(p001_result):
         for k, v in r.change.items():
             assert v == 0 or (isinstance(v, float) and math.isnan(v)), (r.region, k, v)
     assert all(cmp.map_current_to_prior(k) == k for k in range(0, p001_result.volume.shape[0], 7))
+    # with both scans covering the lungs, the comparison's zones are the report's zones
+    m = p001_result.measurements
+    for side in ("right", "left"):
+        for third in ("upper", "middle", "lower"):
+            row = cmp.row(f"{side}_{third}")
+            assert row.prior["percent_involved"] == pytest.approx(m.zone_percent(side, third), nan_ok=True)
+            assert row.prior["severity"] == m.zone_severity(side, third)
+    assert cmp.row("both").prior["severity"] == m.severity_total
+    assert cmp.row("both").prior["percent_involved"] == pytest.approx(m.percent_involved)
 
 
 def _shifted_cropped(res: AnalysisResult, z0: int, z1: int, y0: int, x0: int, table_mm: tuple) -> AnalysisResult:
@@ -203,3 +212,29 @@ def test_real_study_against_shifted_and_cropped_copy(p001_result):
     assert any("same range" in w for w in cmp2.warnings)
     assert cmp2.map_current_to_prior(k - z0) == k
     assert abs(cmp2.row("both").current["lesion_ml"] - cmp2.row("both").prior["lesion_ml"]) > TOLERANCE_ML
+
+
+def test_real_study_cut_short_keeps_zones_anatomical(p001_result):
+    """A follow-up scan that stops short of the lung base (but below every lesion) shows no change in
+    any zone: zones are cut from the lungs of both studies together, not from each scan's own range."""
+    n = p001_result.volume.shape[0]
+    lung_z = np.flatnonzero(p001_result.lung.reshape(n, -1).any(axis=1))
+    stop = int(lung_z[-1]) - 12  # 12 slices (24 mm) of lung base missing from the follow-up
+    lesion = p001_result.lesion.copy()
+    lesion[stop - 3:] = 0  # no lesion in the part that is cut (nor just above it)
+    base = dataclasses.replace(p001_result, lesion=lesion,
+                               measurements=measure_volume(p001_result.volume, lesion, p001_result.lung))
+    cut = _shifted_cropped(base, 0, stop, 0, 0, (0.0, 0.0, 11.0))
+    own = cut.measurements  # the cut scan's own report: its thirds moved up
+    m = base.measurements
+    assert own.lesion_volume_ml == pytest.approx(m.lesion_volume_ml)
+    cmp = compare(base, cut)
+    assert cmp.registration.offset_mm[2] == pytest.approx(-11.0, abs=1.0)
+    for r in cmp.rows:
+        assert r.change["lesion_ml"] == pytest.approx(0, abs=1e-6), r.region
+        assert r.direction == "unchanged", r.region
+    # whereas comparing each report's own zones would have claimed changes
+    from ctscreen.imaging.compare import region_figures
+
+    fp, fc = region_figures(base), region_figures(cut)  # each scan's own thirds
+    assert max(abs(fc[r]["lesion_ml"] - fp[r]["lesion_ml"]) for r in REGIONS[3:]) > 1.0

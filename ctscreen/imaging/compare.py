@@ -23,12 +23,16 @@ Registration (a rigid translation in patient millimetres, LPS)
     how well a translation explains the two lungs.
 
 Change table
-    One row per region (both lungs, right lung, left lung, the six zones of
-    :mod:`ctscreen.imaging.measurements`), each study measured on its own lung
-    (zones are thirds of each lung's own extent, so they correspond anatomically
-    even when the scan ranges differ). Per region: lesion, GGO and consolidation
-    volume (mL), % of the region involved, severity (0-5 per zone, 0-15 per lung,
-    0-30 for both) with the difference current - prior. The direction of a row
+    One row per region (both lungs, right lung, left lung, six zones). The zones
+    are those of :mod:`ctscreen.imaging.measurements` (upper/middle/lower third of
+    each lung's craniocaudal extent) with one difference: the extent is that of
+    the lung in *both* studies together, in the prior's frame after registration
+    (:func:`common_zone_extents`), so a zone holds the same anatomy in both even
+    when one scan stops short of the apex or the base. When both scans cover the
+    whole lung these are each report's own zones. Per region: lesion, GGO and
+    consolidation volume (mL, inside that lung), % of the region involved,
+    severity (0-5 per zone, summed to 0-15 per lung and 0-30 for both) and the
+    difference current - prior. The direction of a row
     (``"worse"``, ``"better"``, ``"unchanged"``) follows the lesion volume with a
     tolerance of ``max(TOLERANCE_ML, TOLERANCE_FRACTION * prior)`` — changes within
     it are reported as unchanged — and is ``"unchanged"`` for % and severity changes
@@ -44,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ctscreen import RESEARCH_NOTICE
-from ctscreen.imaging.measurements import ZONES, _half_thickness, _zone_of_slices
+from ctscreen.imaging.measurements import ZONES, _half_thickness
 from ctscreen.imaging.result import CONSOLIDATION, GGO, LEFT_LUNG, RIGHT_LUNG
 
 #: A lesion-volume change within max(TOLERANCE_ML, TOLERANCE_FRACTION x prior) counts as unchanged.
@@ -252,59 +256,88 @@ def register(prior: Any, current: Any) -> Registration:
                         residual_mm=residual, profile_cost=float(cost), centroid_offset_mm=tuple(float(v) for v in cen))
 
 
-def _zone_z(volume: Any) -> np.ndarray:
-    """Slice positions as :func:`ctscreen.imaging.measurements.measure_volume` uses them for zones."""
-    nz = volume.shape[0]
-    dz = float(volume.spacing_mm[0])
-    direction = np.asarray(volume.direction, dtype=float)
-    z = np.asarray(volume.z_mm, dtype=float) if len(volume.z_mm) == nz else None
-    if abs(direction[2, 0]) > 1e-6:
-        lps_z = float(volume.origin_mm[2]) + direction[2, 0] * dz * np.arange(nz)
-        if z is None or (nz > 1 and np.sign(z[-1] - z[0]) != np.sign(lps_z[-1] - lps_z[0])):
-            z = lps_z
-    if z is None:
-        z = -np.arange(nz, dtype=float) * dz
-    return z
-
-
-def region_figures(result: Any) -> dict[str, dict[str, float]]:
-    """Lesion/GGO/consolidation mL, % involved and severity of every region in :data:`REGIONS`.
-
-    Volumes count lesion voxels inside the region's lung; zones follow
-    :mod:`ctscreen.imaging.measurements` (thirds of each lung's own extent).
-    """
-    vol = result.volume
-    m = result.measurements
+def _pair_counts(result: Any) -> np.ndarray:
+    """``[slice, lesion label 0..2, lung label 0..2]`` voxel counts."""
     lesion = np.asarray(result.lesion)
     lung = np.asarray(result.lung)
-    voxel_ml = vol.voxel_volume_ml
     nz = lesion.shape[0]
-    # [slice, lesion label 0..2, lung label 0..2]
-    pair = (lesion.astype(np.int64).reshape(nz, -1) * 3 + lung.astype(np.int64).reshape(nz, -1))
-    counts = np.stack([np.bincount(row, minlength=9)[:9] for row in pair]).reshape(nz, 3, 3)
-    z = _zone_z(vol)
-    half = _half_thickness(z, float(vol.spacing_mm[0]))
-    labels = {"right": RIGHT_LUNG, "left": LEFT_LUNG}
-    zone_of = {s: _zone_of_slices(z, counts[:, :, lab].sum(axis=1) > 0, half) for s, lab in labels.items()}
+    pair = lesion.astype(np.int64).reshape(nz, -1) * 3 + lung.astype(np.int64).reshape(nz, -1)
+    return np.stack([np.bincount(row, minlength=9)[:9] for row in pair]).reshape(nz, 3, 3)
 
-    def vols(sel: np.ndarray, lung_labels: tuple[int, ...]) -> dict[str, float]:
-        c = counts[sel][:, :, list(lung_labels)].sum(axis=(0, 2))
-        return {"ggo_ml": float(c[GGO]) * voxel_ml, "consolidation_ml": float(c[CONSOLIDATION]) * voxel_ml,
-                "lesion_ml": float(c[GGO] + c[CONSOLIDATION]) * voxel_ml}
 
-    every = np.ones(nz, bool)
-    out: dict[str, dict[str, float]] = {}
-    sev = {f"{s}_{t}": float(m.zone_severity(s, t)) for s, t in ZONES}
-    out["both"] = {**vols(every, (RIGHT_LUNG, LEFT_LUNG)), "percent_involved": float(m.percent_involved),
-                   "severity": float(m.severity_total)}
-    for side in ("right", "left"):
-        out[side] = {**vols(every, (labels[side],)), "percent_involved": float(getattr(m, f"percent_{side}")),
-                     "severity": float(sum(sev[f"{side}_{t}"] for t in ("upper", "middle", "lower")))}
-    for side, third in ZONES:
-        sel = zone_of[side] == ("upper", "middle", "lower").index(third)
-        out[f"{side}_{third}"] = {**vols(sel, (labels[side],)), "percent_involved": m.zone_percent(side, third),
-                                  "severity": sev[f"{side}_{third}"]}
+_SIDES = {"right": RIGHT_LUNG, "left": LEFT_LUNG}
+_THIRDS = ("upper", "middle", "lower")
+
+
+def common_zone_extents(prior: Any, current: Any, offset_z_mm: float) -> dict[str, tuple[float, float]]:
+    """Per lung, the (top, bottom) of its craniocaudal extent in the prior's LPS z, over both studies.
+
+    Each study contributes the slices that hold that lung (with half a slice gap above
+    and below); the current's are moved by the registration's ``offset_z_mm``. Cutting
+    these common extents into thirds gives zones that hold the same anatomy in both
+    studies even when one scan stops short of the apex or the base.
+    """
+    out: dict[str, tuple[float, float]] = {}
+    for side, lab in _SIDES.items():
+        tops, bottoms = [], []
+        for res, dz in ((prior, 0.0), (current, offset_z_mm)):
+            z = _lps_z_of_slices(res.volume) + dz
+            half = _half_thickness(z, float(res.volume.spacing_mm[0]))
+            present = np.asarray(res.lung == lab).reshape(z.size, -1).any(axis=1)
+            if present.any():
+                tops.append(float(np.max(z[present] + half[present])))
+                bottoms.append(float(np.min(z[present] - half[present])))
+        if tops:
+            out[side] = (max(tops), min(bottoms))
     return out
+
+
+def region_figures(result: Any, extents: dict[str, tuple[float, float]] | None = None,
+                   offset_z_mm: float = 0.0) -> dict[str, dict[str, float]]:
+    """Lesion/GGO/consolidation mL, % involved and severity of every region in :data:`REGIONS`.
+
+    Volumes count lesion voxels inside the region's lung; % is lesion-in-lung over lung
+    voxels of the region; severities use the 0-5 bands of
+    :func:`ctscreen.imaging.measurements.severity_score` per zone, summed per lung and for
+    both lungs. Zones are thirds of ``extents`` (:func:`common_zone_extents`, in the prior's
+    z; this study's slices are moved by ``offset_z_mm``); without ``extents``, thirds of
+    this study's own lung extents, as in its report.
+    """
+    from ctscreen.imaging.measurements import severity_score
+
+    vol = result.volume
+    voxel_ml = vol.voxel_volume_ml
+    counts = _pair_counts(result)
+    z = _lps_z_of_slices(vol) + offset_z_mm
+    if extents is None:
+        extents = common_zone_extents(result, result, 0.0)
+    zone_of: dict[str, np.ndarray] = {}
+    for side in _SIDES:
+        top, bottom = extents.get(side, (0.0, 0.0))
+        height = top - bottom
+        t = (top - z) / height if height > 0 else np.zeros_like(z)
+        zone_of[side] = np.where(t < 1.0 / 3.0, 0, np.where(t < 2.0 / 3.0, 1, 2))
+
+    def figures(sel: np.ndarray, labels: tuple[int, ...]) -> dict[str, float]:
+        c = counts[sel][:, :, list(labels)].sum(axis=(0, 2))        # per lesion label, inside these lungs
+        lung_vox = int(c.sum())
+        les_vox = int(c[GGO] + c[CONSOLIDATION])
+        pct = 100.0 * les_vox / lung_vox if lung_vox else float("nan")
+        return {"lesion_ml": les_vox * voxel_ml, "ggo_ml": float(c[GGO]) * voxel_ml,
+                "consolidation_ml": float(c[CONSOLIDATION]) * voxel_ml, "percent_involved": pct,
+                "severity": float(severity_score(pct, les_vox > 0))}
+
+    every = np.ones(z.size, bool)
+    out: dict[str, dict[str, float]] = {}
+    for side, lab in _SIDES.items():
+        for n, third in enumerate(_THIRDS):
+            out[f"{side}_{third}"] = figures(zone_of[side] == n, (lab,))
+    for side, lab in _SIDES.items():
+        out[side] = {**figures(every, (lab,)),
+                     "severity": float(sum(out[f"{side}_{t}"]["severity"] for t in _THIRDS))}
+    out["both"] = {**figures(every, (RIGHT_LUNG, LEFT_LUNG)),
+                   "severity": out["right"]["severity"] + out["left"]["severity"]}
+    return {r: out[r] for r in REGIONS}
 
 
 def _direction(prior: dict[str, float], current: dict[str, float]) -> tuple[str, float]:
@@ -317,9 +350,15 @@ def _direction(prior: dict[str, float], current: dict[str, float]) -> tuple[str,
     return "unchanged", tol
 
 
-def change_table(prior: Any, current: Any) -> tuple[ChangeRow, ...]:
-    """One :class:`ChangeRow` per region of :data:`REGIONS` (see the module docstring)."""
-    fp, fc = region_figures(prior), region_figures(current)
+def change_table(prior: Any, current: Any, offset_z_mm: float = 0.0) -> tuple[ChangeRow, ...]:
+    """One :class:`ChangeRow` per region of :data:`REGIONS` (see the module docstring).
+
+    ``offset_z_mm`` is the registration's craniocaudal offset (prior z = current z + offset):
+    both studies are cut into the same anatomical zones (:func:`common_zone_extents`).
+    """
+    extents = common_zone_extents(prior, current, offset_z_mm)
+    fp = region_figures(prior, extents, 0.0)
+    fc = region_figures(current, extents, offset_z_mm)
     rows = []
     for region in REGIONS:
         p, c = fp[region], fc[region]
@@ -474,7 +513,7 @@ def compare(prior: Any, current: Any) -> Comparison:
         One of the studies has no lung in its lung mask (nothing to align).
     """
     reg = register(prior, current)
-    rows = change_table(prior, current)
+    rows = change_table(prior, current, reg.offset_mm[2])
     warnings: list[str] = []
     pz, cz = _lps_z_of_slices(prior.volume), _lps_z_of_slices(current.volume)
     span_p = float(pz.max() - pz.min())
@@ -483,7 +522,6 @@ def compare(prior: Any, current: Any) -> Comparison:
     if overlap < 0.9 * min(span_p, span_c) - 1e-6 or _lung_cut(prior) or _lung_cut(current):
         warnings.append("the two studies do not cover the same range of the lungs; whole-lung and zone figures "
                         "compare what each scan holds")
-    pl = rows[0].prior, rows[0].current
     lung_p = float(prior.measurements.lung_volume_ml)
     lung_c = float(current.measurements.lung_volume_ml)
     if lung_p > 0 and abs(lung_c - lung_p) > 0.2 * lung_p:
@@ -492,7 +530,6 @@ def compare(prior: Any, current: Any) -> Comparison:
     if math.isfinite(reg.residual_mm) and reg.residual_mm > 10.0:
         warnings.append(f"the lungs do not align well by a translation (residual {reg.residual_mm:.0f} mm); "
                         "synchronised slices are approximate")
-    del pl
     return Comparison(prior=prior, current=current, registration=reg, rows=rows, warnings=tuple(warnings))
 
 
