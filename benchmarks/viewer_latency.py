@@ -12,6 +12,10 @@ Prints one JSON object:
 * ``slice_change_ms``: median / p95 / max over ``--changes`` slice changes, each
   ``SliceView.set_slice`` plus ``processEvents`` (which paints; ``paints_per_change``
   says so), lung preset, at the series' size; target median <= 16 ms.
+* ``mpr_slice_change_ms``: the same in the 2x2 layout (axial, coronal, sagittal panes
+  with the linked crosshair and the z-profile), per pane: ``axial``, ``coronal`` and
+  ``sagittal`` each change their own plane (``--changes`` jumps, + processEvents, which
+  repaints the pane and the crosshair lines of the others); target median <= 16 ms each.
 * ``reference``: measured in the same run on the same slices: the core's
   ``window_to_uint8`` alone, and pyqtgraph's convenience ``ImageView.setImage``
   (int16 data, levels set, + processEvents), with the viewer/ImageView ratio.
@@ -175,6 +179,26 @@ def main(argv: list[str] | None = None) -> int:
         times.append(time.perf_counter() - t)
     paints_per_change = (painter.count - paints) / len(order)
 
+    # -- the same in the multiplanar layout, pane by pane ---------------------------------------------
+    layout = window.reading.layout
+    window.reading.set_layout("2x2")
+    _pump_until(app, lambda: False, 0.3)
+    mpr: dict[str, object] = {}
+    for plane, pane in layout.views.items():
+        count = {"axial": n, "coronal": volume.shape[1], "sagittal": volume.shape[2]}[plane]
+        jumps = [(i * 7) % count for i in range(1, args.changes + 1)]
+        jumps = [k if k != jumps[i - 1] else (k + 1) % count for i, k in enumerate(jumps)]
+        samples = []
+        for k in jumps:
+            t = time.perf_counter()
+            pane.set_slice(k)
+            app.processEvents()
+            samples.append(time.perf_counter() - t)
+        mpr[plane] = _stats_ms(samples)
+    mpr["image_shapes"] = {p: list(v.image_item.image.shape[:2]) for p, v in layout.views.items()}
+    window.reading.set_layout("axial")
+    _pump_until(app, lambda: False, 0.2)
+
     # -- references on the same slices ------------------------------------------------------------
     raw = []
     for k in order:
@@ -204,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "drop_to_volume_s": round(t_volume, 4),
         "slice_change_ms": _stats_ms(times),
         "paints_per_change": round(paints_per_change, 2),
+        "mpr_slice_change_ms": mpr,
         "torch_warm_up_gui_gap_ms": {"max": round(max(warm_gaps), 2), "over_50ms": sum(g > 50 for g in warm_gaps),
                                      "n": len(warm_gaps)} if warm_gaps else None,
         "reference": {
@@ -221,10 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.analyze:
         result["analysis"] = _measure_analysis(app, window, args)
 
+    print(json.dumps(result, indent=2), flush=True)  # before closing: the figures are in hand
     window.close()
     window.deleteLater()
     app.processEvents()
-    print(json.dumps(result, indent=2), flush=True)
     return 0
 
 

@@ -20,12 +20,53 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QObject, QPointF, Signal
+from PySide6.QtGui import QColor, QPen
+from PySide6.QtWidgets import QGraphicsLineItem
 
 from ctscreen.imaging import planes
 from ctscreen.viewer.overlays import CONSOLIDATION_RGB, GGO_RGB
 from ctscreen.viewer.slice_view import SliceView
 
 CROSSHAIR_RGBA = (90, 190, 255, 170)
+
+
+class CrosshairLine:
+    """A vertical or horizontal line across the image, in view mm (``item`` goes into the scene).
+
+    A plain ``QGraphicsLineItem`` with a 1-pixel cosmetic pen and no antialiasing:
+    pyqtgraph's ``InfiniteLine`` repaints antialiased across the whole view, about 1 ms
+    per line per change, which the panes cannot afford on every slice change. (A wrapper,
+    not a subclass: the scene owns and deletes the item.)
+    """
+
+    def __init__(self, vertical: bool) -> None:
+        self.vertical = vertical
+        self.item = QGraphicsLineItem()
+        pen = QPen(QColor(*CROSSHAIR_RGBA))
+        pen.setCosmetic(True)
+        pen.setWidth(1)
+        self.item.setPen(pen)
+        self._value = 0.0
+
+    def value(self) -> float:
+        return self._value
+
+    def isVisible(self) -> bool:  # noqa: N802 - Qt naming, as the items it stands for
+        return self.item.isVisible()
+
+    def setVisible(self, visible: bool) -> None:  # noqa: N802
+        self.item.setVisible(visible)
+
+    def hide(self) -> None:
+        self.item.hide()
+
+    def set_value(self, value: float, extent: float) -> None:
+        """Put the line at ``value`` (x if vertical, else y), from 0 to ``extent`` mm the other way."""
+        self._value = float(value)
+        if self.vertical:
+            self.item.setLine(value, 0.0, value, extent)
+        else:
+            self.item.setLine(0.0, value, extent, value)
 
 
 class PaneLink(QObject):
@@ -54,13 +95,11 @@ class PaneLink(QObject):
         self.link_window = True
         self.link_zoom = False
         self._zooming = False
-        self.lines: dict[str, tuple[pg.InfiniteLine, pg.InfiniteLine]] = {}
-        pen = pg.mkPen(CROSSHAIR_RGBA, width=1)
+        self.lines: dict[str, tuple[CrosshairLine, CrosshairLine]] = {}
         for plane, view in views.items():
-            vline = pg.InfiniteLine(angle=90, movable=False, pen=pen)
-            hline = pg.InfiniteLine(angle=0, movable=False, pen=pen)
+            vline, hline = CrosshairLine(vertical=True), CrosshairLine(vertical=False)
             for line in (vline, hline):
-                view.add_layer(line, 500)
+                view.add_layer(line.item, 500)
                 line.hide()
             self.lines[plane] = (vline, hline)
             view.sliceChanged.connect(partial(self._on_slice, plane))
@@ -121,8 +160,9 @@ class PaneLink(QObject):
                 continue
             _, row, col = planes.plane_position(plane, self.point)
             sy, sx = planes.plane_spacing_mm(view.volume.spacing_mm, plane)
-            vline.setValue((col + 0.5) * sx)
-            hline.setValue((row + 0.5) * sy)
+            rect = view.pixel_rect_mm()
+            vline.set_value((col + 0.5) * sx, rect.height())
+            hline.set_value((row + 0.5) * sy, rect.width())
 
     # -- pane events -----------------------------------------------------------------------------
     def _on_slice(self, plane: str, index: int) -> None:
@@ -192,8 +232,9 @@ class ZProfilePane(pg.PlotWidget):
         self.legend = item.addLegend(offset=(-10, 10))
         self.ggo_curve = item.plot([], [], pen=pg.mkPen(GGO_RGB, width=2), name="GGO")
         self.cons_curve = item.plot([], [], pen=pg.mkPen(CONSOLIDATION_RGB, width=2), name="Consolidation")
-        self.marker = pg.InfiniteLine(angle=0, movable=False, pen=pg.mkPen(CROSSHAIR_RGBA, width=1))
-        item.addItem(self.marker)
+        self.marker = CrosshairLine(vertical=False)
+        item.getViewBox().addItem(self.marker.item, ignoreBounds=True)
+        self._x_max = 1.0
         self.hint = pg.TextItem("Analyze (F5) to plot the lesion area along z", color=(150, 150, 150),
                                 anchor=(0.5, 0.5))
         self.hint.setParentItem(item.getViewBox())
@@ -220,17 +261,19 @@ class ZProfilePane(pg.PlotWidget):
                 ggo[row.index] = row.ggo_area_mm2 / 100.0
                 cons[row.index] = row.consolidation_area_mm2 / 100.0
         z = np.arange(ggo.size)
+        if result is None:  # no curve (hiding the items instead would cross them out in the legend)
+            ggo = cons = z = np.zeros(0)
         self.ggo_curve.setData(ggo, z)
         self.cons_curve.setData(cons, z)
         self.hint.setVisible(result is None)
-        self.ggo_curve.setVisible(result is not None)
-        self.cons_curve.setVisible(result is not None)
         self.getPlotItem().setYRange(0, max(n - 1, 1), padding=0.02)
-        self.getPlotItem().setXRange(0, max(float((ggo + cons).max()), 1.0), padding=0.05)
+        self._x_max = max(float(max(ggo.max(), cons.max())) if ggo.size else 0.0, 1.0)
+        self.getPlotItem().setXRange(0, self._x_max, padding=0.05)
+        self.marker.set_value(self.marker.value(), self._x_max * 1.05)
         self._place_hint()
 
     def set_current_slice(self, index: int) -> None:
-        self.marker.setValue(index)
+        self.marker.set_value(index, self._x_max * 1.05)
 
     def _on_click(self, ev: Any) -> None:
         if self.n_slices <= 0:

@@ -260,7 +260,8 @@ class SliceView(QWidget):
                 item.setText("")
         else:
             lines = [vol.patient_name, vol.patient_id, vol.series_description, vol.modality]
-            self.text_top_left.setText("\n".join(line for line in lines if line))
+            # The axial pane names the study; the other planes of a layout need not repeat it.
+            self.text_top_left.setText("\n".join(line for line in lines if line) if self.plane == "axial" else "")
             letters = planes.orientation_letters(vol.direction, self.plane)
             self.orient_right.setText(letters["right"])
             self.orient_left.setText(letters["left"])
