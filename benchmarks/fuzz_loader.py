@@ -52,7 +52,12 @@ BAD = ("hang", "crash", "oom", "silent_bad_geometry")
 
 
 def _bases(n_slices: int) -> list[dm.Base]:
-    return [dm.real_base("p001", n_slices), dm.real_base("lungpet", n_slices)]
+    bases = [dm.real_base("p001", n_slices), dm.real_base("lungpet", n_slices)]
+    for b in bases:  # encoded once here, not in every child
+        b.encoded
+    for mib in (16, 32, 64):
+        dm._deflated_zeros(mib << 20)
+    return bases
 
 
 def _child(conn, base: dm.Base, seed: int, timeout_s: float, mem_bytes: int, tmp_root: str) -> None:
@@ -190,15 +195,21 @@ def run(n_cases: int, seed0: int, timeout_s: float, mem_gb: float, workers: int,
                     del in_flight[seed]
             if progress and done // 100 > written // 100:
                 written = done
-                Path(progress).write_text(json.dumps(report(), indent=1))
+                _write_atomic(progress, report())
     finally:
         for proc, conn, _ in in_flight.values():
             proc.kill()
         shutil.rmtree(tmp_root, ignore_errors=True)
     out = report()
     if progress:
-        Path(progress).write_text(json.dumps(out, indent=1))
+        _write_atomic(progress, out)
     return out
+
+
+def _write_atomic(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp"
+    Path(tmp).write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
 
 
 def replay(seed: int, n_slices: int) -> None:

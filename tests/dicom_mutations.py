@@ -22,6 +22,7 @@ import copy
 import io
 import os
 import random
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -51,6 +52,15 @@ class Base:
     name: str
     datasets: list[Dataset]
     names: list[str]
+    _encoded: list[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def encoded(self) -> list[bytes]:
+        """The unmutated files' bytes (written once; a case re-encodes only the slices it changes)."""
+        if self._encoded is None:
+            with lenient_pydicom():
+                self._encoded = [_encode(copy.deepcopy(ds)) for ds in self.datasets]
+        return self._encoded
 
 
 def _sorted_files(folder: Path) -> list[Path]:
@@ -132,11 +142,22 @@ class Work:
     """One case under construction: datasets (ds phase), then bytes (bytes phase), then files (fs phase)."""
 
     rng: random.Random
-    datasets: list[Dataset]
+    datasets: list[Dataset]  # the base's, never changed: ds() copies a slice on first change
     names: list[str]
     encoded: list[bytes] = field(default_factory=list)
     folder: Path | None = None
     touched: set[int] = field(default_factory=set)  # slices a mutation changed
+    copies: dict[int, Dataset] = field(default_factory=dict)
+
+    def ds(self, k: int) -> Dataset:
+        """Slice ``k`` to change (a copy of the base's)."""
+        if k not in self.copies:
+            self.copies[k] = copy.deepcopy(self.datasets[k])
+        self.touched.add(k)
+        return self.copies[k]
+
+    def all(self) -> list[Dataset]:
+        return [self.ds(k) for k in range(len(self.datasets))]
 
     def pick(self) -> int:
         """A slice index; ends of the stack (the silent case of old) twice as likely."""
@@ -188,43 +209,43 @@ def _all_or_one(w: Work) -> list[int]:
 # NumberOfFrames: checked against the pixel data before anything is allocated.
 @_kind("ds", True)
 def _frames_negative(w: Work) -> None:
-    _set(w.datasets[w.pick()], "NumberOfFrames", "IS", "-1")
+    _set(w.ds(w.pick()), "NumberOfFrames", "IS", "-1")
 
 
 @_kind("ds", True)
 def _frames_zero(w: Work) -> None:
-    _set(w.datasets[w.pick()], "NumberOfFrames", "IS", "0")
+    _set(w.ds(w.pick()), "NumberOfFrames", "IS", "0")
 
 
 @_kind("ds", True)
 def _frames_int32_max(w: Work) -> None:
-    _set(w.datasets[w.pick()], "NumberOfFrames", "IS", str(2 ** 31 - 1))
+    _set(w.ds(w.pick()), "NumberOfFrames", "IS", str(2 ** 31 - 1))
 
 
 @_kind("ds", True)
 def _frames_1e12(w: Work) -> None:
-    _set(w.datasets[w.pick()], "NumberOfFrames", "IS", "1000000000000")
+    _set(w.ds(w.pick()), "NumberOfFrames", "IS", "1000000000000")
 
 
 @_kind("ds", True)
 def _frames_100k(w: Work) -> None:
-    _set(w.datasets[w.pick()], "NumberOfFrames", "IS", "100000")
+    _set(w.ds(w.pick()), "NumberOfFrames", "IS", "100000")
 
 
 @_kind("ds", True)
 def _frames_text(w: Work) -> None:
-    _set(w.datasets[w.pick()], "NumberOfFrames", "IS", "many")
+    _set(w.ds(w.pick()), "NumberOfFrames", "IS", "many")
 
 
 @_kind("ds", True)
 def _frames_all_two(w: Work) -> None:
-    for ds in w.datasets:
+    for ds in w.all():
         _set(ds, "NumberOfFrames", "IS", "2")
 
 
 @_kind("ds", True)
 def _per_frame_one_item_1e6(w: Work) -> None:
-    ds = w.datasets[w.pick()]
+    ds = w.ds(w.pick())
     item, pos = Dataset(), Dataset()
     pos.ImagePositionPatient = list(ds.get("ImagePositionPatient", [0, 0, 0]))
     item.PlanePositionSequence = Sequence([pos])
@@ -234,7 +255,7 @@ def _per_frame_one_item_1e6(w: Work) -> None:
 
 @_kind("ds", True)
 def _shared_groups_garbage(w: Work) -> None:
-    ds = w.datasets[w.pick()]
+    ds = w.ds(w.pick())
     item, ori = Dataset(), Dataset()
     ori.ImageOrientationPatient = [0, 0, 0, 0, 0, 0]
     item.PlaneOrientationSequence = Sequence([ori])
@@ -246,48 +267,48 @@ def _shared_groups_garbage(w: Work) -> None:
 @_kind("ds", True)
 def _orientation_collinear(w: Work) -> None:
     for k in _all_or_one(w):
-        _set(w.datasets[k], "ImageOrientationPatient", "DS", ["1", "0", "0", "1", "0", "0"])
+        _set(w.ds(k), "ImageOrientationPatient", "DS", ["1", "0", "0", "1", "0", "0"])
 
 
 @_kind("ds", True)
 def _orientation_zero(w: Work) -> None:
     for k in _all_or_one(w):
-        _set(w.datasets[k], "ImageOrientationPatient", "DS", ["0"] * 6)
+        _set(w.ds(k), "ImageOrientationPatient", "DS", ["0"] * 6)
 
 
 @_kind("ds", True)
 def _orientation_huge(w: Work) -> None:
     for k in _all_or_one(w):
-        _set(w.datasets[k], "ImageOrientationPatient", "DS", ["1e308", "0", "0", "0", "1e308", "0"])
+        _set(w.ds(k), "ImageOrientationPatient", "DS", ["1e308", "0", "0", "0", "1e308", "0"])
 
 
 @_kind("ds", True)
 def _orientation_nan(w: Work) -> None:
     for k in _all_or_one(w):
-        _set(w.datasets[k], "ImageOrientationPatient", "DS", ["nan", "0", "0", "0", "1", "0"])
+        _set(w.ds(k), "ImageOrientationPatient", "DS", ["nan", "0", "0", "0", "1", "0"])
 
 
 @_kind("ds", True)
 def _orientation_skewed(w: Work) -> None:
     for k in _all_or_one(w):
-        _set(w.datasets[k], "ImageOrientationPatient", "DS", ["1", "0", "0", "0.5", "0.866", "0"])
+        _set(w.ds(k), "ImageOrientationPatient", "DS", ["1", "0", "0", "0.5", "0.866", "0"])
 
 
 @_kind("ds", True)
 def _orientation_short_list(w: Work) -> None:
     for k in _all_or_one(w):
-        _set(w.datasets[k], "ImageOrientationPatient", "DS", ["1", "0", "0", "0"])
+        _set(w.ds(k), "ImageOrientationPatient", "DS", ["1", "0", "0", "0"])
 
 
 @_kind("ds", False)
 def _orientation_sagittal(w: Work) -> None:  # valid, only not axial: a reason, not a warning
-    for ds in w.datasets:
+    for ds in w.all():
         _set(ds, "ImageOrientationPatient", "DS", ["0", "1", "0", "0", "0", "-1"])
 
 
 @_kind("ds", True)
 def _orientation_missing(w: Work) -> None:
-    for ds in w.datasets:
+    for ds in w.all():
         if "ImageOrientationPatient" in ds:
             del ds.ImageOrientationPatient
 
@@ -295,18 +316,18 @@ def _orientation_missing(w: Work) -> None:
 # Positions.
 @_kind("ds", True)
 def _position_huge(w: Work) -> None:
-    ds = w.datasets[w.pick()]
+    ds = w.ds(w.pick())
     _set(ds, "ImagePositionPatient", "DS", ["0", "0", "1e30"])
 
 
 @_kind("ds", True)
 def _position_nan(w: Work) -> None:
-    _set(w.datasets[w.pick()], "ImagePositionPatient", "DS", ["nan", "0", "0"])
+    _set(w.ds(w.pick()), "ImagePositionPatient", "DS", ["nan", "0", "0"])
 
 
 @_kind("ds", True)
 def _position_missing(w: Work) -> None:
-    ds = w.datasets[w.pick()]
+    ds = w.ds(w.pick())
     if "ImagePositionPatient" in ds:
         del ds.ImagePositionPatient
 
@@ -315,35 +336,35 @@ def _position_missing(w: Work) -> None:
 def _position_duplicate(w: Work) -> None:
     k = w.pick()
     other = 1 if k == 0 else k - 1
-    _set(w.datasets[k], "ImagePositionPatient", "DS",
-         [str(v) for v in w.datasets[other].ImagePositionPatient])
+    _set(w.ds(k), "ImagePositionPatient", "DS",
+         [str(v) for v in w.ds(other).ImagePositionPatient])
 
 
 @_kind("ds", True)
 def _position_all_same(w: Work) -> None:
-    pos = [str(v) for v in w.datasets[0].ImagePositionPatient]
-    for ds in w.datasets:
+    pos = [str(v) for v in w.ds(0).ImagePositionPatient]
+    for ds in w.all():
         _set(ds, "ImagePositionPatient", "DS", pos)
 
 
 @_kind("ds", True)
 def _position_far_slice(w: Work) -> None:  # finite but a metre away: a gap
-    ds = w.datasets[w.pick()]
+    ds = w.ds(w.pick())
     x, y, z = (float(v) for v in ds.ImagePositionPatient)
     _set(ds, "ImagePositionPatient", "DS", [str(x), str(y), str(z + 900.0)])
 
 
 @_kind("ds", True)
 def _position_squeezed(w: Work) -> None:  # 0.02 mm apart: implausible slice spacing
-    x, y, z = (float(v) for v in w.datasets[0].ImagePositionPatient)
-    for k, ds in enumerate(w.datasets):
+    x, y, z = (float(v) for v in w.ds(0).ImagePositionPatient)
+    for k, ds in enumerate(w.all()):
         _set(ds, "ImagePositionPatient", "DS", [str(x), str(y), f"{z - 0.02 * k:.4f}"])
 
 
 @_kind("ds", True)
 def _position_stretched(w: Work) -> None:  # 80 mm apart
-    x, y, z = (float(v) for v in w.datasets[0].ImagePositionPatient)
-    for k, ds in enumerate(w.datasets):
+    x, y, z = (float(v) for v in w.ds(0).ImagePositionPatient)
+    for k, ds in enumerate(w.all()):
         _set(ds, "ImagePositionPatient", "DS", [str(x), str(y), str(z - 80.0 * k)])
 
 
@@ -351,37 +372,37 @@ def _position_stretched(w: Work) -> None:  # 80 mm apart
 @_kind("ds", True)
 def _pixel_spacing_zero_one(w: Work) -> None:
     for k in _all_or_one(w):
-        _set(w.datasets[k], "PixelSpacing", "DS", ["0.7", "0"])
+        _set(w.ds(k), "PixelSpacing", "DS", ["0.7", "0"])
 
 
 @_kind("ds", True)
 def _pixel_spacing_negative(w: Work) -> None:
     for k in _all_or_one(w):
-        _set(w.datasets[k], "PixelSpacing", "DS", ["-0.7", "-0.7"])
+        _set(w.ds(k), "PixelSpacing", "DS", ["-0.7", "-0.7"])
 
 
 @_kind("ds", True)
 def _pixel_spacing_zero(w: Work) -> None:
-    for ds in w.datasets:
+    for ds in w.all():
         _set(ds, "PixelSpacing", "DS", ["0", "0"])
 
 
 @_kind("ds", True)
 def _pixel_spacing_huge(w: Work) -> None:
-    for ds in w.datasets:
+    for ds in w.all():
         _set(ds, "PixelSpacing", "DS", ["1e30", "1e30"])
 
 
 @_kind("ds", True)
 def _pixel_spacing_missing(w: Work) -> None:
-    for ds in w.datasets:
+    for ds in w.all():
         if "PixelSpacing" in ds:
             del ds.PixelSpacing
 
 
 @_kind("ds", True)
 def _spacing_between_slices_huge(w: Work) -> None:
-    for ds in w.datasets:
+    for ds in w.all():
         _set(ds, "SpacingBetweenSlices", "DS", "1e30")
         if "ImagePositionPatient" in ds:
             del ds.ImagePositionPatient
@@ -390,72 +411,72 @@ def _spacing_between_slices_huge(w: Work) -> None:
 # Modality LUT.
 @_kind("ds", True)
 def _slope_negative(w: Work) -> None:
-    for ds in w.datasets:
+    for ds in w.all():
         _set(ds, "RescaleSlope", "DS", "-1")
 
 
 @_kind("ds", True)
 def _intercept_min(w: Work) -> None:
-    for ds in w.datasets:
+    for ds in w.all():
         _set(ds, "RescaleIntercept", "DS", "-32768")
 
 
 @_kind("ds", True)
 def _slope_zero(w: Work) -> None:
-    _set(w.datasets[w.pick()], "RescaleSlope", "DS", "0")
+    _set(w.ds(w.pick()), "RescaleSlope", "DS", "0")
 
 
 @_kind("ds", True)
 def _slope_huge(w: Work) -> None:
-    for ds in w.datasets:
+    for ds in w.all():
         _set(ds, "RescaleSlope", "DS", "1e30")
 
 
 @_kind("ds", True)
 def _intercept_text(w: Work) -> None:
-    _set(w.datasets[w.pick()], "RescaleIntercept", "DS", "minus")
+    _set(w.ds(w.pick()), "RescaleIntercept", "DS", "minus")
 
 
 # Image description versus pixel data.
 @_kind("ds", True)
 def _rows_zero(w: Work) -> None:
-    _set(w.datasets[w.pick()], "Rows", "US", 0)
+    _set(w.ds(w.pick()), "Rows", "US", 0)
 
 
 @_kind("ds", True)
 def _rows_max(w: Work) -> None:
-    _set(w.datasets[w.pick()], "Rows", "US", 65535)
+    _set(w.ds(w.pick()), "Rows", "US", 65535)
 
 
 @_kind("ds", True)
 def _columns_plus_one(w: Work) -> None:
-    ds = w.datasets[w.pick()]
+    ds = w.ds(w.pick())
     _set(ds, "Columns", "US", int(ds.Columns) + 1)
 
 
 @_kind("ds", False)
 def _bits_allocated_8(w: Work) -> None:
-    _set(w.datasets[w.pick()], "BitsAllocated", "US", 8)
+    _set(w.ds(w.pick()), "BitsAllocated", "US", 8)
 
 
 @_kind("ds", False)
 def _bits_stored_zero(w: Work) -> None:
-    _set(w.datasets[w.pick()], "BitsStored", "US", 0)
+    _set(w.ds(w.pick()), "BitsStored", "US", 0)
 
 
 @_kind("ds", True)
 def _samples_per_pixel_3(w: Work) -> None:
-    _set(w.datasets[w.pick()], "SamplesPerPixel", "US", 3)
+    _set(w.ds(w.pick()), "SamplesPerPixel", "US", 3)
 
 
 @_kind("ds", False)
 def _photometric_garbage(w: Work) -> None:
-    _set(w.datasets[w.pick()], "PhotometricInterpretation", "CS", "PALETTE COLOR")
+    _set(w.ds(w.pick()), "PhotometricInterpretation", "CS", "PALETTE COLOR")
 
 
 @_kind("ds", False)
 def _pixel_representation_signed(w: Work) -> None:
-    for ds in w.datasets:
+    for ds in w.all():
         _set(ds, "PixelRepresentation", "US", 1)
 
 
@@ -485,64 +506,89 @@ def _transfer_syntax_unknown(w: Work) -> None:
 def _transfer_syntax_lie(w: Work) -> None:
     k = w.pick()
     if w.encoded[k]:
-        native = not w.datasets[k].file_meta.TransferSyntaxUID.is_compressed
+        native = not w.ds(k).file_meta.TransferSyntaxUID.is_compressed
         w.encoded[k] = _with_transfer_syntax(w.encoded[k], "1.2.840.10008.1.2.4.90" if native
                                              else "1.2.840.10008.1.2.1")
 
 
 @_kind("ds", False)
 def _deflated_valid(w: Work) -> None:
-    ds = w.datasets[w.pick()]
+    ds = w.ds(w.pick())
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
         ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
 
 
-@_kind("ds", True)
+_ZERO_BLOCKS: dict[int, bytes] = {}
+
+
+def _deflated_zeros(size: int) -> bytes:
+    """``size`` zero bytes as raw deflate blocks ending on a sync flush (computed once per size)."""
+    if size not in _ZERO_BLOCKS:
+        c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        _ZERO_BLOCKS[size] = c.compress(bytes(size)) + c.flush(zlib.Z_SYNC_FLUSH)
+    return _ZERO_BLOCKS[size]
+
+
+@_kind("bytes", True)
 def _deflate_bomb(w: Work) -> None:
+    """The slice in the deflated syntax with 16-64 MiB of private zeros before its pixel data:
+    a few kB on disk (deflate compresses zeros about 1000:1)."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
     k = w.pick()
-    ds = w.datasets[k]
-    if ds.file_meta.TransferSyntaxUID.is_compressed:  # the bomb needs native pixel data
-        ds.PixelData = ds.pixel_array.tobytes()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    data = w.encoded[k]
+    if not data:
+        return
+    bio = io.BytesIO(data)
+    read_preamble(bio, True)
+    _read_file_meta_info(bio)
+    body = data[bio.tell():]
+    at = body.rfind(b"\xe0\x7f\x10\x00")
+    if at < 0:
+        return
     size = w.rng.choice([16, 32, 64]) << 20
-    ds.add_new(0x00091010, "OB", b"\x00" * size)  # private zeros: inflate 1000:1
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    element = b"\xdf\x7f\x10\x10OB\x00\x00" + size.to_bytes(4, "little")  # private (7FDF,1010) OB
+    head = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    tail = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    stream = (head.compress(body[:at] + element) + head.flush(zlib.Z_SYNC_FLUSH) + _deflated_zeros(size)
+              + tail.compress(body[at:]) + tail.flush())
+    w.encoded[k] = _with_transfer_syntax(data[:bio.tell()], "1.2.840.10008.1.2.1.99") + stream
 
 
 @_kind("ds", True)
 def _private_header_8mib(w: Work) -> None:
-    ds = w.datasets[w.pick()]
+    ds = w.ds(w.pick())
     ds.add_new(0x00091010, "OB", bytes(8 << 20))
 
 
 # Identity (series grouping, duplicates).
 @_kind("ds", False)
 def _series_uid_split(w: Work) -> None:
-    _set(w.datasets[w.pick()], "SeriesInstanceUID", "UI", generate_uid())
+    _set(w.ds(w.pick()), "SeriesInstanceUID", "UI", generate_uid())
 
 
 @_kind("ds", False)
 def _sop_duplicate(w: Work) -> None:
     k = w.pick()
     other = 1 if k == 0 else k - 1
-    w.datasets[k].SOPInstanceUID = w.datasets[other].SOPInstanceUID
+    w.ds(k).SOPInstanceUID = w.ds(other).SOPInstanceUID
 
 
 @_kind("ds", False)
 def _instance_number_text(w: Work) -> None:
-    _set(w.datasets[w.pick()], "InstanceNumber", "IS", "x7")
+    _set(w.ds(w.pick()), "InstanceNumber", "IS", "x7")
 
 
 @_kind("ds", False)
 def _modality_missing(w: Work) -> None:
-    for ds in w.datasets:
+    for ds in w.all():
         if "Modality" in ds:
             del ds.Modality
 
 
 @_kind("ds", False)
 def _sop_uid_empty(w: Work) -> None:
-    _set(w.datasets[w.pick()], "SOPInstanceUID", "UI", "")
+    _set(w.ds(w.pick()), "SOPInstanceUID", "UI", "")
 
 
 # Bytes of the written files.
@@ -696,12 +742,13 @@ def build_case(folder: Path, base: Base, seed: int, kinds: tuple[str, ...] | Non
     rng = random.Random(seed)
     kinds = kinds or choose_kinds(rng)
     folder.mkdir(parents=True, exist_ok=True)
-    w = Work(rng, [copy.deepcopy(ds) for ds in base.datasets], list(base.names), folder=folder)
+    w = Work(rng, base.datasets, list(base.names), folder=folder)
+    encoded = base.encoded
     with lenient_pydicom():
         for name in kinds:
             if KINDS[name].phase == "ds":
                 KINDS[name].fn(w)
-        w.encoded = [_encode(ds) for ds in w.datasets]
+        w.encoded = [_encode(w.copies[k]) if k in w.copies else encoded[k] for k in range(len(encoded))]
     for name in kinds:
         if KINDS[name].phase == "bytes":
             KINDS[name].fn(w)
