@@ -480,3 +480,27 @@ def test_viewer_pacs_settings_saves_servers_without_secrets(tmp_path, qtbot, mon
     assert servers["hospital"].username == "radiology" and servers["hospital"].auth == "basic"
     assert servers["archive"].protocol == "dimse" and servers["archive"].port == 11112
     assert pacs_settings.SESSION_SECRETS == {"hospital": "top-secret"}  # this session only
+
+
+@pytest.mark.gui
+def test_viewer_send_results_to_pacs(orthanc, study, analysed, tmp_path, qtbot, monkeypatch):
+    from ctscreen.viewer import pacs_settings
+    from ctscreen.viewer.pacs_dialog import SendToPacsDialog
+
+    study_uid = study[0]
+    save_servers([ServerConfig(name="orthanc-dimse", protocol="dimse", host="127.0.0.1", port=orthanc.dicom_port,
+                               called_ae=AET)], tmp_path)
+    monkeypatch.setattr(pacs_settings, "SESSION_SECRETS", {})
+    with connect(web(orthanc)) as pacs:
+        before = {s.series_instance_uid for s in pacs.find_series(study_uid)}
+    dlg = SendToPacsDialog(analysed, config_folder=tmp_path, interactive=False)
+    qtbot.addWidget(dlg)
+    dlg.key_images.setValue(1)
+    with qtbot.waitSignal(dlg.sent, timeout=30000) as sent:
+        dlg.send()
+    stored = sent.args[0]
+    assert not stored.failed and len(stored.stored) == 3  # SEG + montage + 1 slice
+    assert "Sent 3 of 3" in dlg.status.text()
+    with connect(web(orthanc)) as pacs:
+        new = [s for s in pacs.find_series(study_uid) if s.series_instance_uid not in before]
+    assert sorted(s.modality for s in new) == ["OT", "SEG"]

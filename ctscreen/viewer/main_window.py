@@ -217,6 +217,7 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.open_action)
         file_menu.addAction(self.open_files_action)
         self.pacs_action = file_menu.addAction("Open from &PACS…", self.open_from_pacs)
+        self.send_pacs_action = file_menu.addAction("Send results to PACS…", self.send_to_pacs)
         self.compare_action = file_menu.addAction("&Compare with…", self.compare_with)
         self.compare_action.setToolTip("Open a prior study beside this one, synchronised by anatomy, with the change "
                                        "per lung and zone")
@@ -298,6 +299,12 @@ class MainWindow(QMainWindow):
         from ctscreen.viewer.pacs_dialog import open_from_pacs
 
         open_from_pacs(self)
+
+    def send_to_pacs(self) -> None:
+        """File → Send results to PACS…: the result's DICOM SEG and key images, beside the study."""
+        from ctscreen.viewer.pacs_dialog import send_to_pacs
+
+        send_to_pacs(self)
 
     def compare_with(self) -> None:
         """File → Compare with…: a prior study beside this one (:mod:`ctscreen.viewer.compare_window`)."""

@@ -387,3 +387,150 @@ def open_from_pacs(window: Any) -> PacsDialog:
     dlg.raise_()
     dlg.activateWindow()
     return dlg
+
+
+def _send(server: ServerConfig, result: Any, seg: bool, key_images: int, include_patient: bool, cancel: Any = None):
+    from ctscreen.io.pacs import connect
+    from ctscreen.io.pacs.send import result_datasets
+
+    yield "building"
+    datasets, notes = result_datasets(result, seg=seg, key_images=key_images > 0, include_patient=include_patient,
+                                      max_key_images=key_images)
+    if not datasets:
+        raise PacsError("nothing to send: " + ("; ".join(notes) or "choose the SEG or key images"))
+    yield "sending"
+    with connect(server) as pacs:
+        stored = pacs.store(datasets)
+    return datasets, stored, notes
+
+
+class SendToPacsDialog(QDialog):
+    """Send the shown analysis result (DICOM SEG + key images as Secondary Capture) to a PACS.
+
+    Signals
+    -------
+    sent(object)
+        The :class:`~ctscreen.io.pacs.common.StoreResult` of a finished send.
+    """
+
+    sent = Signal(object)
+
+    def __init__(self, result: Any, parent: QWidget | None = None, config_folder: Any = None,
+                 interactive: bool = True) -> None:
+        from PySide6.QtWidgets import QCheckBox, QSpinBox
+
+        super().__init__(parent)
+        self.setWindowTitle("Send results to PACS \u2014 ctscreen")
+        self.setObjectName("sendToPacsDialog")
+        self.result = result
+        self.config_folder = config_folder
+        self.interactive = interactive
+        self._worker: GeneratorWorker | None = None
+        try:
+            self.servers = load_servers(config_folder)
+        except PacsError as exc:
+            self.servers = []
+        self.server_box = QComboBox()
+        for s in self.servers:
+            self.server_box.addItem(s.name, s.name)
+        self.seg = QCheckBox("DICOM SEG of the lesions (GGO, consolidation)")
+        self.seg.setChecked(True)
+        self.key_images = QSpinBox()
+        self.key_images.setRange(0, 24)
+        self.key_images.setValue(6)
+        self.key_images.setSuffix(" lesion slices + montage")
+        self.key_images.setSpecialValueText("none")
+        self.include_patient = QCheckBox("Burn patient name and ID into the key images")
+        form = QFormLayout()
+        form.addRow("Server", self.server_box)
+        form.addRow("", self.seg)
+        form.addRow("Key images (Secondary Capture)", self.key_images)
+        form.addRow("", self.include_patient)
+        vol = getattr(result, "volume", None)
+        about = QLabel(f"Study {getattr(vol, 'study_instance_uid', '?')}<br>The objects join this study on the PACS "
+                       "(its identifiers are copied into their headers).")
+        about.setWordWrap(True)
+        self.status = QLabel("" if self.servers else
+                             "No PACS server is configured yet \u2014 use File \u2192 Open from PACS\u2026 \u2192 "
+                             "Servers\u2026")
+        self.status.setWordWrap(True)
+        self.send_button = QPushButton("Send")
+        self.send_button.setDefault(True)
+        self.send_button.setEnabled(bool(self.servers))
+        self.send_button.clicked.connect(self.send)
+        close = QPushButton("Close")
+        close.clicked.connect(self.reject)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(self.send_button)
+        row.addWidget(close)
+        outer = QVBoxLayout(self)
+        outer.addLayout(form)
+        outer.addWidget(about)
+        outer.addWidget(self.status)
+        outer.addWidget(QLabel(f"<span style='color:#c0392b'><b>{RESEARCH_NOTICE}</b></span>"))
+        outer.addLayout(row)
+        self.resize(560, 280)
+
+    def current_server(self) -> ServerConfig | None:
+        i = self.server_box.currentIndex()
+        if not 0 <= i < len(self.servers):
+            return None
+        server = self.servers[i]
+        if server.protocol == "dicomweb" and server.auth != "none":
+            secret = secret_for(server)
+            if not secret and self.interactive:
+                secret, ok = QInputDialog.getText(self, "PACS", f"Password or token for {server.describe()}:",
+                                                  QLineEdit.EchoMode.Password)
+                if not ok:
+                    return None
+                SESSION_SECRETS[server.name] = secret
+            server = server.with_secret(secret)
+        return server
+
+    def send(self) -> None:
+        if self._worker is not None and self._worker.is_running:
+            return
+        server = self.current_server()
+        if server is None:
+            return
+        self.send_button.setEnabled(False)
+        self.status.setText(f"Building and sending to {server.describe()} \u2026")
+        worker = GeneratorWorker(_send, server, self.result, self.seg.isChecked(), self.key_images.value(),
+                                 self.include_patient.isChecked())
+        worker.returned.connect(lambda out: self._done(server, *out))
+        worker.errored.connect(lambda exc: self.status.setText(f"\u2716 {exc}"))
+        worker.finished.connect(lambda: self.send_button.setEnabled(True))
+        self._worker = worker
+        worker.start()
+
+    def _done(self, server: ServerConfig, datasets: list, stored: Any, notes: list) -> None:
+        n_seg = sum(1 for d in datasets if str(getattr(d, "Modality", "")) == "SEG"
+                    and str(d.SOPInstanceUID) in stored.stored)
+        n_sc = sum(1 for d in datasets if str(getattr(d, "Modality", "")) == "OT"
+                   and str(d.SOPInstanceUID) in stored.stored)
+        text = f"\u2714 Sent {len(stored.stored)} of {len(datasets)} objects to {server.describe()}: " \
+               f"{n_seg} SEG, {n_sc} key images."
+        if stored.failed:
+            text = f"\u2716 {len(stored.failed)} refused: {stored.failed[0][1]}. " + text
+        if notes:
+            text += " " + " ".join(notes)
+        self.status.setText(text)
+        self.sent.emit(stored)
+
+    def done(self, result: int) -> None:  # noqa: D401 - Qt override
+        if self._worker is not None and self._worker.is_running:
+            self._worker.cancel()
+        super().done(result)
+
+
+def send_to_pacs(window: Any) -> SendToPacsDialog | None:
+    """File -> Send results to PACS...: the dialog for ``window``'s current result (None without one)."""
+    result = getattr(getattr(window, "analysis", None), "result", None)
+    if result is None:
+        window.statusBar().showMessage("Analyze the series first \u2014 there is no result to send yet", 8000)
+        return None
+    dlg = SendToPacsDialog(result, window, interactive=getattr(window, "interactive", True))
+    window._send_dialog = dlg
+    dlg.show()
+    return dlg
