@@ -299,16 +299,20 @@ def _fmt(v: float, digits: int = 1) -> str:
     return f"{v:.{digits}f}" if v == v else "–"
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box (tuple of slices) of the non-zero voxels of a 3-D array; None when empty."""
-    if not mask.any():
+def _bbox(labels: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Bounding box (z, y, x slices) of the non-zero voxels of a 3-D label array; None when empty.
+
+    Reductions straight on the labels (no full-size boolean copy): the slices first, then one plane.
+    """
+    nz = labels.shape[0]
+    zs = np.flatnonzero(labels.reshape(nz, -1).any(axis=1))
+    if zs.size == 0:
         return None
-    out = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
-        out.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    return tuple(out)
+    plane = labels[zs[0]:zs[-1] + 1].any(axis=0)
+    ys = np.flatnonzero(plane.any(axis=1))
+    xs = np.flatnonzero(plane.any(axis=0))
+    return (slice(int(zs[0]), int(zs[-1]) + 1), slice(int(ys[0]), int(ys[-1]) + 1),
+            slice(int(xs[0]), int(xs[-1]) + 1))
 
 
 def _feet_sign(direction: Any) -> int:
@@ -346,7 +350,7 @@ class _Grid:
 
 def _make_grid(hu: np.ndarray | None, lung: np.ndarray, spacing_mm: tuple[float, float, float],
                pad_mm: float) -> _Grid | None:
-    lung_box = _bbox(lung > 0)
+    lung_box = _bbox(lung)
     if lung_box is None:
         return None
     f = tuple(max(1, int(math.floor(DISTANCE_GRID_MM / s + 1e-6))) for s in spacing_mm)
@@ -412,11 +416,14 @@ def _foci(lesion_b: np.ndarray, lung_b: np.ndarray, coords_b: tuple[np.ndarray, 
     The second moments come from per-label sums over the lesion voxels only (``np.bincount`` with
     weights), so the cost follows the lesion volume, not the box.
     """
-    lab, n = ndi.label(lesion_b > 0, structure=_CONN26)
+    try:  # uint16 labels where they fit: half the memory of int32 (as measurements.count_lesions)
+        lab, n = ndi.label(lesion_b > 0, structure=_CONN26, output=np.uint16)
+    except RuntimeError:
+        lab, n = ndi.label(lesion_b > 0, structure=_CONN26)
     if n == 0:
         return [], 0
     zz, yy, xx = coords_b
-    ids = lab[zz, yy, xx]
+    ids = lab[zz, yy, xx].astype(np.intp)
     del lab
     sizes = np.bincount(ids, minlength=n + 1)
     min_vox = FOCUS_MIN_ML / voxel_ml * (1 - 1e-9)
@@ -650,7 +657,7 @@ def assess(hu: np.ndarray | None, lung: np.ndarray, lesion: np.ndarray, spacing_
     # geometry: grid, depth, posterior
     post_sign = _posterior_sign(direction)
     grid = _make_grid(hu, lung, sp, EFFUSION_MAX_DISTANCE_MM + 5.0) if lung_ml > 0 else None
-    les_box = _bbox(lesion > 0)
+    les_box = _bbox(lesion)
     coords_b = np.nonzero(lesion[les_box]) if les_box is not None else None
     periph = post = lung_outer = float("nan")
     per_lung_periph: dict[int, float] = {}
