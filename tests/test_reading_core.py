@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ctscreen.imaging import planes
-from ctscreen.imaging.annotations import Annotations, ellipse_roi, probe, ruler
+from ctscreen.imaging.annotations import Annotations, ellipse_roi, freehand_roi, probe, ruler
 from ctscreen.imaging.lesions import find_lesions
 from ctscreen.imaging.measurements import count_lesions
 from ctscreen.imaging.result import CONSOLIDATION, GGO, LEFT_LUNG, RIGHT_LUNG
@@ -132,3 +132,24 @@ def test_lesions_listed_by_volume_with_lung_zone_and_type():
     assert lesion[big.centre_voxel] > 0 and lesion[middle.centre_voxel] > 0
     assert big.bbox == (22, 28, 10, 20, 40, 50)
     assert find_lesions(np.zeros_like(lung), lung, vol) == []
+
+
+def test_freehand_roi_is_exact_on_a_known_region():
+    hu = np.zeros((1, 40, 40), dtype=np.int16)
+    hu[0, 10:20, 10:30] = 100
+    hu[0, 20:30, 10:30] = -100
+    vol = Volume(hu=hu, spacing_mm=(1.0, 0.5, 0.5))
+    # A rectangle along the pixel edges of rows 10-29, columns 10-29, as a freehand outline (with a
+    # redundant point on one edge): 400 pixels, half +100, half -100 HU, area 10 x 10 mm.
+    outline = [(5.0, 5.0), (10.0, 5.0), (15.0, 5.0), (15.0, 15.0), (5.0, 15.0)]
+    roi = freehand_roi(vol, "axial", 0, outline)
+    assert roi.stats.pixel_count == 400 and roi.stats.mean_hu == 0.0
+    assert roi.stats.sd_hu == pytest.approx(100.0 * math.sqrt(400 / 399))
+    assert roi.stats.area_mm2 == pytest.approx(100.0)
+    # A triangle: pixel centres under the diagonal only.
+    tri = freehand_roi(vol, "axial", 0, [(5.0, 5.0), (15.0, 5.0), (5.0, 15.0)])
+    assert tri.stats.area_mm2 == pytest.approx(50.0)
+    assert tri.stats.pixel_count == sum(i + j < 19 for i in range(20) for j in range(20))
+    store = Annotations()
+    store.add(roi)
+    assert store.to_dicts()[0]["pixel_count"] == 400 and store.to_dicts()[0]["kind"] == "freehand"

@@ -172,6 +172,17 @@ def test_ruler_roi_probe_on_the_phantom(window, qtbot):
     assert s.pixel_count == n and s.mean_hu == 50.0 and (s.min_hu, s.max_hu) == (0.0, 100.0)
     assert s.sd_hu == pytest.approx(50.0 * math.sqrt(n / (n - 1)))
     assert s.area_mm2 == pytest.approx(math.pi * 4.0 * 3.5)
+    # Freehand ROI drawn with the mouse's drag around the 0 / 100 border: a 10 x 8 pixel rectangle.
+    window.reading.tool_actions["freehand"].trigger()
+    corners = [(35 * 0.8, 25 * 0.7), (45 * 0.8, 25 * 0.7), (45 * 0.8, 33 * 0.7), (35 * 0.8, 33 * 0.7)]
+    start = QPointF(*corners[0])
+    axial.drag_handler(axial, start, start, True, False)
+    for c in corners[1:]:
+        axial.drag_handler(axial, start, QPointF(*c), False, False)
+    axial.drag_handler(axial, start, QPointF(*corners[-1]), False, True)
+    free = tools.store.items[max(tools.store.items)]
+    assert free.kind == "freehand" and free.stats.pixel_count == 80 and free.stats.mean_hu == 50.0
+    assert free.stats.area_mm2 == pytest.approx(10 * 0.8 * 8 * 0.7)
     # Probe: a click with the probe tool reads the voxel and does not move the crosshair.
     window.reading.tool_actions["probe"].trigger()
     before = layout.link.point
@@ -181,16 +192,16 @@ def test_ruler_roi_probe_on_the_phantom(window, qtbot):
     assert layout.link.point == before
     # Listed, drawn only on their own plane, deletable; a new study starts an empty list.
     table = tools.panel.table
-    assert table.rowCount() == 4
+    assert table.rowCount() == 5
     graphics = tools._graphics[1][1]
     assert not graphics[0].isVisible()  # the first ruler is on slice 8, the axial pane is on 18
     axial.set_slice(8)
     assert graphics[0].isVisible()
     table.selectRow(0)
     tools.delete_selected()
-    assert table.rowCount() == 3 and 1 not in tools.store.items
+    assert table.rowCount() == 4 and 1 not in tools.store.items
     assert graphics[0].scene() is None
-    assert [d["kind"] for d in tools.store.to_dicts()] == ["ruler", "ellipse", "probe"]
+    assert [d["kind"] for d in tools.store.to_dicts()] == ["ruler", "ellipse", "freehand", "probe"]
     window.show_volume(phantom())
     assert len(tools.store) == 0 and table.rowCount() == 0
 
@@ -251,3 +262,20 @@ def test_cli_screenshot_mpr_layout(tmp_path):
     assert proc.returncode == 0, proc.stderr
     image = QImage(str(out))
     assert image.width() > 1000 and image.height() > 700
+
+
+def test_analysis_ui_does_not_import_the_window(window):
+    """No import cycle: AnalysisUi gets what it needs through the AnalysisHost protocol."""
+    import ast
+    import inspect
+
+    import ctscreen.viewer.analysis_ui as analysis_ui
+
+    tree = ast.parse(inspect.getsource(analysis_ui))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "ctscreen.viewer.main_window" not in imported
+    # The window provides every member the protocol names.
+    members = list(analysis_ui.AnalysisHost.__annotations__) + ["show_error", "begin_task", "task_progress",
+                                                                  "end_task"]
+    assert [m for m in members if not hasattr(window, m)] == []

@@ -6,9 +6,10 @@ rows, pixel ``(row, col)`` covering ``[col * col_mm, (col + 1) * col_mm)`` by
 ``[row * row_mm, (row + 1) * row_mm)``. Because plane pixels keep the true voxel
 spacing, a ruler's length is simply the Euclidean distance of its ends in mm.
 
-An ROI takes the pixels whose centres lie inside the ellipse (edge included) and
+An ROI (ellipse or freehand polygon) takes the pixels whose centres lie inside it and
 reports their HU mean, standard deviation (sample, ``ddof=1``; 0 for one pixel),
-minimum and maximum; its area is the ellipse's own, pi * a * b, beside the pixel count.
+minimum and maximum; its area is the shape's own (pi * a * b for an ellipse, the
+shoelace formula for a polygon), beside the pixel count.
 
 :class:`Annotations` keeps a study's measurements in order with stable ids, for the
 viewer's list and for reports (:meth:`Annotations.to_dicts`).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from typing import Any, Union
 
 import numpy as np
@@ -83,7 +85,20 @@ class Probe:
         return f"{self.hu:.0f} HU at ({x:.1f}, {y:.1f}, {z:.1f}) mm"
 
 
-Annotation = Union[Ruler, EllipseRoi, Probe]
+@dataclass(frozen=True)
+class FreehandRoi:
+    plane: str
+    index: int
+    points_mm: tuple[tuple[float, float], ...]
+    stats: RoiStats
+    kind: str = "freehand"
+
+    @property
+    def summary(self) -> str:
+        return EllipseRoi.summary.fget(self)  # type: ignore[attr-defined]
+
+
+Annotation = Union[Ruler, EllipseRoi, FreehandRoi, Probe]
 
 
 def ruler(plane: str, index: int, start_mm: tuple[float, float], end_mm: tuple[float, float]) -> Ruler:
@@ -122,6 +137,46 @@ def ellipse_roi(volume: Any, plane: str, index: int, centre_mm: tuple[float, flo
     area = math.pi * abs(float(radii_mm[0])) * abs(float(radii_mm[1]))
     return EllipseRoi(plane, int(index), (float(centre_mm[0]), float(centre_mm[1])),
                       (abs(float(radii_mm[0])), abs(float(radii_mm[1]))), roi_stats(image[mask], area))
+
+
+def polygon_area_mm2(points_mm: Sequence[tuple[float, float]]) -> float:
+    """Area of a simple polygon (shoelace formula), mm²."""
+    pts = np.asarray(points_mm, dtype=float)
+    if len(pts) < 3:
+        return 0.0
+    x, y = pts[:, 0], pts[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+
+
+def polygon_mask(shape: tuple[int, int], spacing_mm: tuple[float, float],
+                 points_mm: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Boolean (rows, cols) mask of the pixels whose centres lie inside the polygon (even-odd rule)."""
+    rows, cols = shape
+    row_mm, col_mm = spacing_mm
+    pts = np.asarray(points_mm, dtype=float)
+    mask = np.zeros(shape, dtype=bool)
+    if len(pts) < 3:
+        return mask
+    y = (np.arange(rows) + 0.5)[:, None] * row_mm
+    x = (np.arange(cols) + 0.5)[None, :] * col_mm
+    x0, y0 = pts[:, 0], pts[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    for ax, ay, bx, by in zip(x0, y0, x1, y1):
+        if ay == by:
+            continue
+        crosses = (ay > y) != (by > y)  # the edge spans the pixel row's centre
+        x_at = ax + (y - ay) * (bx - ax) / (by - ay)
+        mask ^= crosses & (x < x_at)
+    return mask
+
+
+def freehand_roi(volume: Any, plane: str, index: int, points_mm: Sequence[tuple[float, float]]) -> FreehandRoi:
+    """HU statistics of a closed freehand outline (polygon through ``points_mm``) in one plane."""
+    image = planes.plane_slice(volume.hu, plane, int(index))
+    spacing = planes.plane_spacing_mm(volume.spacing_mm, plane)
+    pts = tuple((float(a), float(b)) for a, b in points_mm)
+    mask = polygon_mask(image.shape, spacing, pts)
+    return FreehandRoi(plane, int(index), pts, roi_stats(image[mask], polygon_area_mm2(pts)))
 
 
 def probe(volume: Any, plane: str, index: int, point_mm: tuple[float, float]) -> Probe | None:
@@ -165,7 +220,7 @@ class Annotations:
         out = []
         for key, a in self.items.items():
             d = asdict(a)
-            if isinstance(a, EllipseRoi):
+            if isinstance(a, (EllipseRoi, FreehandRoi)):
                 d.update(d.pop("stats"))
             for name, value in list(d.items()):
                 if isinstance(value, float) and not math.isfinite(value):

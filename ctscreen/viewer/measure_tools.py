@@ -5,8 +5,9 @@ The figures are computed by :mod:`ctscreen.imaging.annotations` (no Qt) and kept
 draws them, lets the reader make them with the mouse and lists them in a panel where
 they can be deleted (Delete) or visited (double click).
 
-Mouse: with the ruler or ellipse tool, a left drag draws (from one end to the other /
-across the ellipse's bounding box); with the probe, a left click. Middle drag still pans.
+Mouse: with the ruler, ellipse or freehand tool, a left drag draws (from one end to the
+other / across the ellipse's bounding box / around the region, closed on release);
+with the probe, a left click. Middle drag still pans.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 
 import pyqtgraph as pg
 from PySide6.QtCore import QObject, QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QKeySequence, QPen, QShortcut
-from PySide6.QtWidgets import (QAbstractItemView, QGraphicsEllipseItem, QGraphicsLineItem, QHBoxLayout,
+from PySide6.QtGui import QColor, QKeySequence, QPainterPath, QPen, QPolygonF, QShortcut
+from PySide6.QtWidgets import (QAbstractItemView, QGraphicsEllipseItem, QGraphicsLineItem, QGraphicsPathItem,
+                               QHBoxLayout,
                                QHeaderView, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from ctscreen.imaging import annotations as ann
@@ -28,6 +30,7 @@ TOOLS = {
     "navigate": ("Navigate", "V", "Click moves the crosshair, drag pans (V)"),
     "ruler": ("Ruler", "D", "Distance in mm: drag from one point to the other (D)"),
     "ellipse": ("Ellipse ROI", "E", "Area and HU mean / SD / min / max: drag across the ellipse (E)"),
+    "freehand": ("Freehand ROI", "F", "Area and HU mean / SD / min / max: drag around the region (F)"),
     "probe": ("Probe", "P", "HU and position of one point: click (P)"),
 }
 _COLOUR = QColor(255, 150, 40)
@@ -94,6 +97,7 @@ class MeasureTools(QObject):
         self.tool = "navigate"
         self._graphics: dict[int, tuple[str, list[Any]]] = {}
         self._draft: list[Any] = []
+        self._path: list[tuple[float, float]] = []
         self.panel = MeasurementPanel()
         self.panel.delete_button.clicked.connect(self.delete_selected)
         self.panel.clear_button.clicked.connect(self.clear)
@@ -111,7 +115,7 @@ class MeasureTools(QObject):
             raise ValueError(f"unknown tool {name!r}")
         self.tool = name
         for view in self.views.values():
-            view.drag_handler = self._on_drag if name in ("ruler", "ellipse") else None
+            view.drag_handler = self._on_drag if name in ("ruler", "ellipse", "freehand") else None
         if self.link is not None:
             self.link.clicks_move_point = name == "navigate"
         self.toolChanged.emit(name)
@@ -124,6 +128,10 @@ class MeasureTools(QObject):
     def add_ellipse(self, plane: str, centre_mm: tuple[float, float], radii_mm: tuple[float, float]) -> int:
         view = self.views[plane]
         return self._add(ann.ellipse_roi(view.volume, plane, view.slice_index, centre_mm, radii_mm))
+
+    def add_freehand(self, plane: str, points_mm: list[tuple[float, float]]) -> int:
+        view = self.views[plane]
+        return self._add(ann.freehand_roi(view.volume, plane, view.slice_index, points_mm))
 
     def add_probe(self, plane: str, point_mm: tuple[float, float]) -> int | None:
         view = self.views[plane]
@@ -164,12 +172,25 @@ class MeasureTools(QObject):
             self.add_probe(plane, (pos_mm.x(), pos_mm.y()))
 
     def _on_drag(self, view: SliceView, start: QPointF, pos: QPointF, is_start: bool, is_finish: bool) -> bool:
-        if view.volume is None or self.tool not in ("ruler", "ellipse"):
+        if view.volume is None or self.tool not in ("ruler", "ellipse", "freehand"):
             return False
         for item in self._draft:
             view.view_box.removeItem(item)
         self._draft = []
         plane = view.plane
+        if self.tool == "freehand":
+            if is_start:
+                self._path = [(start.x(), start.y())]
+            self._path.append((pos.x(), pos.y()))
+            if is_finish:
+                if len(self._path) >= 3 and ann.polygon_area_mm2(self._path) > 0:
+                    self._add(ann.freehand_roi(view.volume, plane, view.slice_index, self._path))
+                self._path = []
+            else:
+                self._draft = self._items_for(view, ann.FreehandRoi(
+                    plane, view.slice_index, tuple(self._path), ann.RoiStats(ann.polygon_area_mm2(self._path), 0,
+                                                                             *(float("nan"),) * 4)))
+            return True
         if self.tool == "ruler":
             a = ann.ruler(plane, view.slice_index, (start.x(), start.y()), (pos.x(), pos.y()))
         else:
@@ -201,6 +222,14 @@ class MeasureTools(QObject):
             ellipse.setPen(_pen())
             items.append(ellipse)
             anchor = (cx + rx, cy + ry)
+        elif isinstance(a, ann.FreehandRoi):
+            path = QPainterPath()
+            path.addPolygon(QPolygonF([QPointF(x, y) for x, y in a.points_mm]))
+            path.closeSubpath()
+            outline = QGraphicsPathItem(path)
+            outline.setPen(_pen())
+            items.append(outline)
+            anchor = max(a.points_mm, key=lambda p: p[0] + p[1])
         else:
             target = pg.TargetItem(pos=a.point_mm, size=9, movable=False, pen=pg.mkPen(_COLOUR, width=1.5))
             items.append(target)
@@ -234,7 +263,7 @@ class MeasureTools(QObject):
         for key, a in self.store.items.items():
             r = table.rowCount()
             table.insertRow(r)
-            cells = (f"{key}", TOOLS[a.kind if a.kind != "ellipse" else "ellipse"][0], a.plane,
+            cells = (f"{key}", TOOLS[a.kind][0], a.plane,
                      f"{a.index + 1}", a.summary)
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)

@@ -6,7 +6,7 @@ around the axial view as the central widget, adds the Measurements and Lesions d
 the View → Layout menu, the tool bar, and File → Save view as PNG.
 
 Keys: Ctrl+1 axial only, Ctrl+2 1×3, Ctrl+3 2×2; V navigate, D ruler, E ellipse ROI,
-P probe; N / Shift+N next / previous lesion.
+F freehand ROI, P probe; N / Shift+N next / previous lesion.
 """
 
 from __future__ import annotations
