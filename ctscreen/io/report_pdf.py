@@ -143,12 +143,16 @@ def build_report_figure(result: Any, include_patient: bool = False, created: _dt
             txt = "  ".join(f"{_CLASS_NAMES.get(k, k)} {float(v):.2f}" for k, v in
                             sorted(probs.items(), key=lambda kv: -float(kv[1])))
             ax.text(0.04, y, "Classifier:", fontsize=6.5, va="top", color="#555555")
-            ax.text(0.04, y - 0.11, txt, fontsize=6.8, va="top")
+            ax.text(0.04, y - 0.11, txt, fontsize=6.4, va="top")
             y -= 0.25
-        for reason in list(getattr(scr, "reasons", ()) or ())[:2]:
-            for line in _wrap(reason, 64)[:2]:
-                ax.text(0.04, y, line, fontsize=6.3, va="top", color="#333333")
-                y -= 0.11
+        lines = [line for reason in list(getattr(scr, "reasons", ()) or ()) for line in _wrap(reason, 66)]
+        room = max(1, int((y + 0.02) / 0.105))
+        if len(lines) > room:
+            lines = lines[:room]
+            lines[-1] = lines[-1].rstrip(" -") + " …"
+        for line in lines:
+            ax.text(0.04, y, line, fontsize=6.2, va="top", color="#333333")
+            y -= 0.105
     else:
         ax.text(0.04, 0.90, "Screening verdict", fontsize=7.5, color="#555555", va="top")
         ax.text(0.04, 0.70, "not computed for this analysis", fontsize=9, va="top")
