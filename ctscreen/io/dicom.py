@@ -1674,7 +1674,8 @@ def _plan_load(info: SeriesInfo) -> _LoadPlan:
     slopes = np.array([f.slope for f in frames])
     intercepts = np.array([f.intercept for f in frames])
     integral = bool(np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts))) \
-        and info.samples_per_pixel == 1
+        and info.samples_per_pixel == 1 \
+        and bool(np.all(np.abs(slopes) < 2 ** 31) and np.all(np.abs(intercepts) < 2 ** 31))  # else float32
     bits = min(max(_int_or_none(_get(hdr, "BitsStored")) or 16, 1), 32)
     signed = _int_or_none(_get(hdr, "PixelRepresentation")) == 1
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
