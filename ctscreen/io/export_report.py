@@ -113,7 +113,8 @@ def _totals(measurements: Any) -> dict[str, Any]:
 
 
 def build_report(result: Any, include_patient: bool = False,
-                 created: _dt.datetime | None = None) -> dict[str, Any]:
+                 created: _dt.datetime | None = None,
+                 reader_measurements: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The ``report.json`` content (see ``docs/report-schema.md``).
 
     Parameters
@@ -123,6 +124,10 @@ def build_report(result: Any, include_patient: bool = False,
         Add ``series.patient_name`` and ``series.patient_id``. Off by default.
     created : datetime, optional
         Creation time (default: now, UTC).
+    reader_measurements : list of dict, optional
+        The reader's own rulers, ROIs and probes made in the viewer
+        (:meth:`ctscreen.imaging.annotations.Annotations.to_dicts`); written as
+        ``reader_measurements`` when given.
     """
     vol = result.volume
     created = created or _dt.datetime.now(_dt.timezone.utc)
@@ -177,6 +182,8 @@ def build_report(result: Any, include_patient: bool = False,
         },
         "screening": screening_dict(result),
     }
+    if reader_measurements is not None:  # the viewer's measuring tools (issue 10)
+        report["reader_measurements"] = list(reader_measurements)
     return _jsonable(report)
 
 
@@ -202,10 +209,12 @@ def study_csv_cells(result: Any) -> list[str]:
 
 
 def write_report_json(result: Any, path: str | os.PathLike, force: bool = False,
-                      include_patient: bool = False) -> Path:
+                      include_patient: bool = False,
+                      reader_measurements: list[dict[str, Any]] | None = None) -> Path:
     """Write ``report.json`` (UTF-8, indented) atomically; returns the path."""
-    text = json.dumps(build_report(result, include_patient=include_patient), indent=2, ensure_ascii=False,
-                      allow_nan=False)
+    text = json.dumps(build_report(result, include_patient=include_patient,
+                                   reader_measurements=reader_measurements),
+                      indent=2, ensure_ascii=False, allow_nan=False)
     return atomic_write(path, text + "\n", force=force)
 
 
