@@ -279,3 +279,33 @@ def test_analysis_ui_does_not_import_the_window(window):
     members = list(analysis_ui.AnalysisHost.__annotations__) + ["show_error", "begin_task", "task_progress",
                                                                   "end_task"]
     assert [m for m in members if not hasattr(window, m)] == []
+
+
+def test_reader_measurements_go_into_report_json(window, qtbot, tmp_path):
+    import json
+    import types
+
+    volume = window.slice_view.volume
+
+    def runner(request, cancel):
+        yield types.SimpleNamespace(stage="segmentation", done=0, total=1, fraction=0.0, eta_s=0.0, message="")
+        return fake_result(request.volume)
+
+    window.analysis.runner = runner
+    with qtbot.waitSignal(window.analysis.finished_ok, timeout=20000):
+        assert window.analysis_ui.start()
+    qtbot.waitUntil(lambda: not window.analysis.busy, timeout=10000)
+    assert window.analysis.result.volume is volume
+    window.reading.tools.add_ruler("axial", (16.0, 10.0), (56.0, 10.0))
+    out = tmp_path / "report.json"
+    with qtbot.waitSignal(window.analysis_ui.exporter.finished, timeout=20000):
+        assert window.analysis_ui.export("report_json", str(out))
+    report = json.loads(out.read_text())
+    (ruler,) = report["reader_measurements"]
+    assert ruler["kind"] == "ruler" and ruler["length_mm"] == 40.0 and ruler["plane"] == "axial"
+    # Without reader measurements the key is absent (CLI reports stay as they were).
+    window.reading.tools.clear()
+    out2 = tmp_path / "report2.json"
+    with qtbot.waitSignal(window.analysis_ui.exporter.finished, timeout=20000):
+        assert window.analysis_ui.export("report_json", str(out2))
+    assert "reader_measurements" not in json.loads(out2.read_text())

@@ -58,6 +58,8 @@ class Exporter(QObject):
         #: Replaced in tests; returns True to overwrite.
         self.ask_overwrite: Callable[[list[Path]], bool] = self._ask_overwrite
         self._retiring: set[GeneratorWorker] = set()
+        #: Returns the reader's own measurements (viewer measuring tools) for report.json; None: none.
+        self.reader_measurements: Callable[[], list[dict[str, Any]]] | None = None
         #: Replaced in tests; returns the chosen path or "" (cancelled).
         self.choose_path: Callable[[str, str, bool], str] = self._choose_path
 
@@ -114,6 +116,8 @@ class Exporter(QObject):
                 return False
             force = True
 
+        # Taken here, on the GUI thread, so the writer's thread sees a fixed copy.
+        reader_measurements = (self.reader_measurements() or None) if self.reader_measurements else None
         jobs: dict[str, Callable[[], Any]] = {
             "slice_png": lambda: export.write_slice_png(result, k, target_path, force=force, cam=state["cam"],
                                                         **png_kw),
@@ -122,6 +126,7 @@ class Exporter(QObject):
             "montage": lambda: export.write_montage_png(result, target_path, force=force,
                                                         include_patient=self.include_patient),
             "report_json": lambda: export.write_report_json(result, target_path, force=force,
+                                                            reader_measurements=reader_measurements,
                                                             include_patient=self.include_patient),
             "report_csv": lambda: export.write_report_csv(result, target_path, force=force),
             "seg": lambda: export.write_seg(result, target_path, force=force),
