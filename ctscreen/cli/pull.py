@@ -43,6 +43,8 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--move", action="store_true", help="DIMSE: retrieve by C-MOVE instead of C-GET")
     g.add_argument("--move-port", type=int, metavar="PORT", help="DIMSE C-MOVE: local port the PACS sends to")
     g.add_argument("--timeout", type=float, metavar="S", help="seconds to wait for the server (default 10)")
+    g.add_argument("--insecure", action="store_true", help="DICOMweb over HTTPS: do not check the server's "
+                   "certificate (test servers only)")
 
 
 def _ask_secret(server: ServerConfig, what: str) -> str:
@@ -74,6 +76,8 @@ def server_from_args(args: argparse.Namespace) -> ServerConfig:
         server.move_port = int(args.move_port)
     if args.timeout:
         server.timeout_s = float(args.timeout)
+    if getattr(args, "insecure", False):
+        server.verify_tls = False
     if server.protocol == "dicomweb" and server.auth != "none" and not server.secret:
         secret = get_secret(server) or _ask_secret(server, "Password" if server.auth == "basic" else "Token")
         server = server.with_secret(secret)

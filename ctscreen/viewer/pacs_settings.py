@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QHBoxLayout,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QHBoxLayout,
                                QLabel, QLineEdit, QListWidget, QMessageBox, QPushButton, QSpinBox, QStackedWidget,
                                QVBoxLayout, QWidget)
 
@@ -93,6 +93,7 @@ class PacsSettingsDialog(QDialog):
         self.secret_note = QLabel("kept in the system keyring" if keyring_available() else
                                   "no system keyring: kept for this session only, never written to disk")
         self.secret_note.setWordWrap(True)
+        self.verify_tls = QCheckBox("Check the HTTPS certificate (turn off only for a test server)")
         web = QWidget()
         wf = QFormLayout(web)
         wf.addRow("DICOMweb URL", self.url)
@@ -100,6 +101,7 @@ class PacsSettingsDialog(QDialog):
         wf.addRow("User name", self.username)
         wf.addRow("Password / token", self.secret)
         wf.addRow("", self.secret_note)
+        wf.addRow("", self.verify_tls)
 
         self.host = QLineEdit()
         self.port = QSpinBox()
@@ -113,6 +115,8 @@ class PacsSettingsDialog(QDialog):
         self.retrieve.addItem("C-MOVE (PACS sends to ctscreen's port)", "move")
         self.move_port = QSpinBox()
         self.move_port.setRange(1, 65535)
+        self.retrieve.currentIndexChanged.connect(
+            lambda _i: self.move_port.setEnabled(self.retrieve.currentData() == "move"))
         dimse = QWidget()
         df = QFormLayout(dimse)
         df.addRow("Host", self.host)
@@ -184,6 +188,8 @@ class PacsSettingsDialog(QDialog):
         self.calling_ae.setText(s.calling_ae)
         self.retrieve.setCurrentIndex(max(0, self.retrieve.findData(s.retrieve)))
         self.move_port.setValue(int(s.move_port))
+        self.move_port.setEnabled(s.retrieve == "move")
+        self.verify_tls.setChecked(bool(s.verify_tls))
 
     def _read(self) -> ServerConfig:
         return ServerConfig(
@@ -191,7 +197,7 @@ class PacsSettingsDialog(QDialog):
             host=self.host.text().strip(), port=self.port.value(), called_ae=self.called_ae.text().strip(),
             calling_ae=self.calling_ae.text().strip() or "CTSCREEN", retrieve=self.retrieve.currentData(),
             move_port=self.move_port.value(), auth=self.auth.currentData(), username=self.username.text().strip(),
-            timeout_s=float(self.timeout.value()), secret=self.secret.text())
+            timeout_s=float(self.timeout.value()), verify_tls=self.verify_tls.isChecked(), secret=self.secret.text())
 
     def _commit_current(self) -> None:
         if 0 <= self._current < len(self.servers):
