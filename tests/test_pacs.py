@@ -562,3 +562,45 @@ def test_cli_pull_by_configured_server_name(orthanc, study, tmp_path, capsys, mo
     assert capsys.readouterr().out.strip() == str(tmp_path / "c" / study_uid / series_uid)
     assert cli_main(["pull", "--server", "nope", "--study", study_uid, "--list"]) == 2
     assert "no PACS server called 'nope'" in capsys.readouterr().err
+
+
+def test_dicomweb_bearer_token_is_sent(tmp_path):
+    """A bearer token goes in the Authorization header (Orthanc has no tokens: a tiny local QIDO server)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class Qido(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server API
+            seen.append(self.headers.get("Authorization"))
+            if self.headers.get("Authorization") != "Bearer good-token":
+                self.send_response(401)
+                self.end_headers()
+                return
+            body = json.dumps([{"0020000D": {"vr": "UI", "Value": ["1.2.3"]},
+                                "00100020": {"vr": "LO", "Value": ["PID-1"]}}]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Qido)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/dicom-web"
+        good = ServerConfig(name="tokened", url=url, auth="token", secret="good-token", timeout_s=3)
+        with connect(good) as pacs:
+            found = pacs.find_studies(StudyQuery(patient_id="PID-1"))
+        assert [(s.study_instance_uid, s.patient_id) for s in found] == [("1.2.3", "PID-1")]
+        with pytest.raises(PacsError, match=r"HTTP 401.*password or token"):
+            with connect(good.with_secret("stale")) as pacs:
+                pacs.find_studies(StudyQuery(patient_id="PID-1"))
+        assert seen == ["Bearer good-token", "Bearer stale"]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
