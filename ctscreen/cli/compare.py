@@ -119,11 +119,12 @@ def run(args: argparse.Namespace) -> int:
     for w in cmp.warnings:
         print(f"ctscreen compare: warning: {_one_line(w)}", file=sys.stderr)
     both = cmp.row("both")
-    ox, oy, oz = cmp.registration.offset_mm
+    ox, oy, oz = (round(v, 1) + 0.0 for v in cmp.registration.offset_mm)
+    change_ml = round(both.change["lesion_ml"], 1) + 0.0  # no "-0.0"
     print(_one_line(
         f"Lesions {both.prior['lesion_ml']:.1f} mL ({both.prior['percent_involved']:.1f} %) -> "
         f"{both.current['lesion_ml']:.1f} mL ({both.current['percent_involved']:.1f} %): "
-        f"{both.change['lesion_ml']:+.1f} mL, {both.direction}; severity {both.prior['severity']:.0f} -> "
+        f"{change_ml:+.1f} mL, {both.direction}; severity {both.prior['severity']:.0f} -> "
         f"{both.current['severity']:.0f}/30. Aligned by the lung masks, offset ({ox:+.1f}, {oy:+.1f}, {oz:+.1f}) mm. "
         f"Wrote {', '.join(p.name for p in written)} to {out} in {time.perf_counter() - t0:.1f} s. {RESEARCH_NOTICE}"))
     return 0

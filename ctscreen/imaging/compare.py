@@ -520,8 +520,8 @@ def compare(prior: Any, current: Any) -> Comparison:
     span_c = float(cz.max() - cz.min())
     overlap = reg.overlap_mm[1] - reg.overlap_mm[0]
     if overlap < 0.9 * min(span_p, span_c) - 1e-6 or _lung_cut(prior) or _lung_cut(current):
-        warnings.append("the two studies do not cover the same range of the lungs; whole-lung and zone figures "
-                        "compare what each scan holds")
+        warnings.append("the two scans do not cover the same length of lung: the figures compare what each scan "
+                        "holds (zones are cut from the lungs of both together, so they hold the same anatomy)")
     lung_p = float(prior.measurements.lung_volume_ml)
     lung_c = float(current.measurements.lung_volume_ml)
     if lung_p > 0 and abs(lung_c - lung_p) > 0.2 * lung_p:

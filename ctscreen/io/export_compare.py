@@ -99,7 +99,7 @@ def render_comparison(cmp: Any, pairs: list[tuple[int, int]] | None = None, scal
     head = np.full((70, width, 3), 18, np.uint8)
     ox, oy, oz = reg.offset_mm
     cv2.putText(head, f"Follow-up comparison: lesions {both.prior['lesion_ml']:.1f} -> {both.current['lesion_ml']:.1f} mL"
-                f" ({both.change['lesion_ml']:+.1f} mL, {both.direction})", (10, 26), cv2.FONT_HERSHEY_SIMPLEX, 0.7,
+                f" ({round(both.change['lesion_ml'], 1) + 0.0:+.1f} mL, {both.direction})", (10, 26), cv2.FONT_HERSHEY_SIMPLEX, 0.7,
                 (235, 235, 235), 1, cv2.LINE_AA)
     cv2.putText(head, f"Aligned by lung masks ({reg.method}): prior = current + ({ox:+.1f}, {oy:+.1f}, {oz:+.1f}) mm LPS",
                 (10, 56), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (200, 200, 200), 1, cv2.LINE_AA)

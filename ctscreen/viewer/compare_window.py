@@ -103,6 +103,7 @@ def prepare_comparison(prior: Any, current: Any, model: str | None = None, devic
 def _fmt(v: float, digits: int = 1, sign: bool = False) -> str:
     if v is None or v != v:
         return "–"
+    v = round(float(v), digits) + 0.0  # no "-0.0"
     return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 
