@@ -86,7 +86,7 @@ def test_panel_shows_category_criteria_probabilities_and_jumps(qtbot, result):
     assert panel.cam.map_for(40) is not None
     panel.set_current_slice(3)  # no segmentation map there
     assert "no map on this slice" in panel.seg_caption.text()
-    panel.shutdown()
+    panel.shutdown(5.0)  # as the window's shutdown hooks call it
 
 
 def test_without_classifier_the_panel_says_why(qtbot, result):

@@ -505,5 +505,6 @@ class ScreeningPanel(QWidget):
         self.clf_caption.setText(f"Classifier Grad-CAM (COVID-19), slice {k + 1}"
                                  + ("" if cm is not None else ": computing…"))
 
-    def shutdown(self) -> None:
-        self.cam.shutdown()
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Stop the classifier Grad-CAM worker (a window's shutdown hooks pass ``timeout_s``)."""
+        self.cam.shutdown(timeout_s)
