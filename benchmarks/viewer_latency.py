@@ -16,6 +16,9 @@ Prints one JSON object:
   with the linked crosshair and the z-profile), per pane: ``axial``, ``coronal`` and
   ``sagittal`` each change their own plane (``--changes`` jumps, + processEvents, which
   repaints the pane and the crosshair lines of the others); target median <= 16 ms each.
+  With ``--mpr-slices N`` the panes show a volume of N slices made by repeating the
+  series' slices at 0.75 mm (e.g. 512: coronal and sagittal images 512 x 512 too, the
+  worst case of a thin-slice series); ``image_shapes`` says what was shown.
 * ``reference``: measured in the same run on the same slices: the core's
   ``window_to_uint8`` alone, and pyqtgraph's convenience ``ImageView.setImage``
   (int16 data, levels set, + processEvents), with the viewer/ImageView ratio.
@@ -117,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--analyze", action="store_true", help="also measure GUI stalls during an analysis")
     parser.add_argument("--device", default="cpu", help="analysis device (auto|cpu|cuda)")
     parser.add_argument("--model", default=None, help="analysis model (unet|deeplab)")
+    parser.add_argument("--mpr-slices", type=int, default=0,
+                        help="time the 2x2 panes on a volume of this many slices (repeated, 0.75 mm); 0: the series")
     args = parser.parse_args(argv)
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
@@ -181,11 +186,20 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- the same in the multiplanar layout, pane by pane ---------------------------------------------
     layout = window.reading.layout
+    shown = volume
+    if args.mpr_slices:
+        import dataclasses
+
+        reps = -(-args.mpr_slices // n)
+        hu = np.repeat(volume.hu, reps, axis=0)[:args.mpr_slices]
+        shown = dataclasses.replace(volume, hu=hu, spacing_mm=(0.75,) + tuple(volume.spacing_mm[1:]), z_mm=(),
+                                    sop_instance_uids=(), instance_numbers=(), headers=(), source_files=())
+        window.show_volume(shown)
     window.reading.set_layout("2x2")
     _pump_until(app, lambda: False, 0.3)
     mpr: dict[str, object] = {}
     for plane, pane in layout.views.items():
-        count = {"axial": n, "coronal": volume.shape[1], "sagittal": volume.shape[2]}[plane]
+        count = {"axial": shown.shape[0], "coronal": shown.shape[1], "sagittal": shown.shape[2]}[plane]
         jumps = [(i * 7) % count for i in range(1, args.changes + 1)]
         jumps = [k if k != jumps[i - 1] else (k + 1) % count for i, k in enumerate(jumps)]
         samples = []
