@@ -813,7 +813,9 @@ def _decide(c: dict[str, Criterion], lung_ml: float, burden: float) -> tuple[str
     if ggo:
         missing = [k for k, ok in (("bilateral", bil), ("peripheral", per)) if not ok]
         words = {"bilateral": "unilateral", "peripheral": "without peripheral predominance"}
-        return "indeterminate", {"ggo", *missing, "rounded"} if not rnd else {"ggo", *missing}, [
+        # "rounded" decided too when it was measured and not met (unmeasurable shapes decide nothing)
+        decided = {"ggo", *missing} | ({"rounded"} if c["rounded"].met is False else set())
+        return "indeterminate", decided, [
             f"Ground-glass opacity ({c['ggo'].value_text()} of the lesion volume) that is "
             + " and ".join(words[k] for k in missing)
             + ", and not multifocal rounded: no typical distribution."] + (
