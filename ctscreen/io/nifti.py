@@ -121,7 +121,8 @@ def nifti_bytes(volume: Any, data: np.ndarray, kind: str) -> bytes:
     img = _image(volume, arr, kind)
     raw = img.to_bytes()
     buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=4, mtime=0) as gz:
+    # CT noise barely compresses (P001: 47.1 MB at level 1, 46.6 MB at 4, in 4.2 s vs 6.6 s); labels compress well
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1 if kind == "ct" else 6, mtime=0) as gz:
         gz.write(raw)
     return buf.getvalue()
 
