@@ -1,0 +1,208 @@
+"""The screening classifier (issue 8): network, study pooling, Grad-CAM, CLIs, shipped weights."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ctscreen.cli import main as cli_main
+from ctscreen.errors import ModelLoadError
+from ctscreen.inference import classifier as C
+from ctscreen.inference import train_classifier as T
+from ctscreen.inference.models import model_path
+
+
+def _tiny(head: str = "cosine", classes=C.CLASSES_BINARY) -> C.LoadedClassifier:
+    torch.manual_seed(0)
+    net = C.SliceClassifier(num_classes=len(classes), channels=(4, 8, 8), head=head, embed_dim=8).eval()
+    return C.LoadedClassifier(name="tiny", version="t", classes=tuple(classes), net=net,
+                              device=torch.device("cpu"), input_size=32)
+
+
+def _phantom(n: int = 12, size: int = 64, lesion_slices=(), lesion_px: int = 0):
+    """Air around a soft-tissue body with two air-filled 'lungs'; optional lesion squares."""
+    hu = np.full((n, size, size), -1000, np.int16)
+    hu[:, 8:56, 6:58] = 40
+    lung = np.zeros(hu.shape, np.uint8)
+    lung[2:n - 2, 14:50, 10:30] = 1
+    lung[2:n - 2, 14:50, 34:54] = 2
+    hu[lung > 0] = -850
+    lesion = np.zeros(hu.shape, np.uint8)
+    side = int(np.sqrt(lesion_px)) if lesion_px else 0
+    for k in lesion_slices:
+        lesion[k, 20:20 + side, 12:12 + side] = 1
+        hu[k, 20:20 + side, 12:12 + side] = -500
+    return hu, lung, lesion
+
+
+def test_cosine_head_is_feature_normalised_and_linear_head_is_not():
+    clf = _tiny("cosine")
+    x = torch.rand(3, 1, 32, 32)
+    logits = clf.net(x)
+    assert logits.shape == (3, 2)
+    s = clf.net.head.scale
+    assert float(logits.detach().abs().max()) <= s + 1e-4  # s * cos <= s
+    # scaling the embedding does not change cosine logits
+    f = clf.net.embedding(clf.net.features(x))
+    assert torch.allclose(clf.net.head(f), clf.net.head(5 * f), atol=1e-5)
+    lin = _tiny("linear").net
+    f2 = lin.embedding(lin.features(x))
+    assert not torch.allclose(lin.head(f2), lin.head(5 * f2))
+    with pytest.raises(ValueError):
+        C.SliceClassifier(head="arcface")
+
+
+def test_segmentation_encoder_transfers_into_the_classifier():
+    unet = torch.load(model_path("unet"), map_location="cpu", weights_only=True)["state_dict"]
+    net = C.SliceClassifier(num_classes=2)
+    n = net.load_segmentation_encoder(unet)
+    assert n >= 40
+    w = net.state_dict()["enc.0.0.0.weight"]
+    assert torch.equal(w, unet["enc.0.0.0.weight"].float())
+
+
+def test_burden_probability_is_half_at_the_noise_floor_and_monotone():
+    assert C.burden_pneumonia_probability(C.BURDEN_FLOOR_PERCENT) == pytest.approx(0.5)
+    ps = [C.burden_pneumonia_probability(b) for b in (0.0, 0.01, 0.1, 1.0, 10.0)]
+    assert all(a < b for a, b in zip(ps, ps[1:]))
+    assert ps[0] < 0.01 and ps[-1] > 0.99
+
+
+def test_study_probabilities_follow_the_lesion_burden_and_sum_to_one():
+    clf = _tiny()
+    hu, lung, empty = _phantom()
+    s0 = C.study_probabilities(clf, hu, lung, empty, None)
+    assert set(s0.probabilities) == set(C.STUDY_CLASSES)
+    assert sum(s0.probabilities.values()) == pytest.approx(1.0)
+    assert s0.verdict == "no_pneumonia" and s0.probabilities["no_pneumonia"] > 0.99
+    hu, lung, lesion = _phantom(lesion_slices=(4, 5, 6), lesion_px=144)
+    s1 = C.study_probabilities(clf, hu, lung, lesion, None)
+    assert sum(s1.probabilities.values()) == pytest.approx(1.0)
+    assert s1.probabilities["no_pneumonia"] < 0.05  # 432 of 11520 lung px = 3.75 %
+    assert s1.pooling.startswith("lesion-area attention")
+    assert set(s1.slice_scores) == {4, 5, 6} and set(s1.top_slices) <= {4, 5, 6}
+    # pneumonia split = pooled slice P(COVID)
+    p = C.slice_probabilities(clf, hu[[4, 5, 6]])[:, 0].mean()
+    pneu = 1 - s1.probabilities["no_pneumonia"]
+    assert s1.probabilities["covid19"] == pytest.approx(pneu * p, rel=1e-4)
+
+
+def test_three_class_model_keeps_its_classes_and_agrees_with_the_burden():
+    clf = _tiny(classes=("covid19", "influenza_a", "no_pneumonia"))
+    hu, lung, lesion = _phantom(lesion_slices=(5,), lesion_px=400)
+    s = C.study_probabilities(clf, hu, lung, lesion, None)
+    assert sum(s.probabilities.values()) == pytest.approx(1.0)
+    pooled = C.slice_probabilities(clf, hu[[5]])[0]
+    assert s.probabilities["no_pneumonia"] == pytest.approx(0.5 * (pooled[2] + 1 - s.p_pneumonia_burden), abs=1e-4)
+    ratio = s.probabilities["covid19"] / s.probabilities["other_pneumonia"]
+    assert ratio == pytest.approx(pooled[0] / pooled[1], rel=1e-3)
+
+
+def test_slice_choice_caps_the_work_and_prefers_lesion_slices():
+    lung = np.zeros((150, 32, 32), np.uint8)
+    lung[10:140, 4:28, 4:28] = 1
+    lesion = np.zeros_like(lung)
+    lesion[60:120, 8:16, 8:16] = 1
+    idx = C.choose_slices(lung, lesion)
+    assert len(idx) <= C.MAX_STUDY_SLICES and all(60 <= i < 120 for i in idx)
+    idx0 = C.choose_slices(lung, np.zeros_like(lung))
+    assert 0 < len(idx0) <= C.MAX_STUDY_SLICES and all(10 <= i < 140 for i in idx0)
+
+
+def test_classifier_cam_is_a_unit_map_inside_the_thorax():
+    clf = _tiny()
+    hu, lung, lesion = _phantom(lesion_slices=(5,), lesion_px=100)
+    cam = C.classifier_cam(clf, hu[5], lung[5] > 0)
+    assert cam.shape == hu[5].shape and cam.dtype == np.float32
+    assert 0.0 <= cam.min() and cam.max() <= 1.0
+    if cam.max() > 0:
+        assert cam.max() == pytest.approx(1.0)
+    assert not cam[:2].any()  # outside the thorax box and far from the lung
+    assert all(p.requires_grad for p in clf.net.parameters())  # parameters restored
+
+
+def test_metrics_auc_f1_and_bootstrap():
+    y = np.array([1, 1, 1, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.4, 0.6, 0.2, 0.1])
+    m = T.binary_metrics(y, p)
+    assert m["auc"] == pytest.approx(8 / 9)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["f1"] == pytest.approx(2 / 3)
+    ci = T.bootstrap_ci(y, p, n_boot=200)
+    assert ci["auc"][0] <= m["auc"] <= ci["auc"][1]
+    assert T.roc_auc(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(0.5)
+
+
+def _write_images(root, n_per_class=4, size=48):
+    rng = np.random.default_rng(0)
+    for cls, bright in (("COVID", 170), ("NonCOVID", 60)):
+        d = root / cls
+        d.mkdir(parents=True)
+        for i in range(n_per_class):
+            img = np.clip(rng.normal(bright, 20, (size, size + 8 * i)), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(d / f"{cls}_{i}.png"), img)
+    return root
+
+
+def test_train_classifier_smoke_then_evaluate_json(tmp_path, capsys):
+    data = _write_images(tmp_path / "data")
+    (data / "NonCOVID" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "m.pt"
+    rc = cli_main(["train-classifier", "--data", str(data), "--out", str(out), "--epochs", "1", "--size", "32",
+                   "--batch-size", "4", "--device", "cpu", "--init", "none", "--head", "linear", "--quiet"])
+    assert rc == 0 and out.exists()
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["head"] == "linear" and card["classes"] == ["covid19", "non_covid"]
+    assert "Research use only" in out.with_suffix(".md").read_text()
+    assert "broken.png" in capsys.readouterr().err  # named, skipped, training went on
+    # no silent overwrite
+    assert cli_main(["train-classifier", "--data", str(data), "--out", str(out), "--epochs", "1"]) == 2
+    capsys.readouterr()
+    rc = cli_main(["evaluate-classifier", "--covid", str(data / "COVID"), "--non-covid", str(data / "NonCOVID"),
+                   "--model", str(out), "--device", "cpu", "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["images"] == 8 and {"accuracy", "f1", "auc", "ci95"} <= set(res)
+    assert len(res["per_image"]) == 8 and {"file", "p_covid"} <= set(res["per_image"][0])
+    clf = C.load_classifier(out, device="cpu")
+    assert clf.input_size == 32 and clf.classes == C.CLASSES_BINARY
+
+
+def test_train_classifier_three_classes_from_a_flat_folder(tmp_path):
+    data = _write_images(tmp_path / "d", n_per_class=3)
+    (data / "COVID").rename(data / "covid19")
+    (data / "NonCOVID").rename(data / "normal")
+    (data / "influenza_a").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(data / "influenza_a" / f"f{i}.png"), np.full((40, 40), 110 + i, np.uint8))
+    res = T.train_classifier(data, tmp_path / "three.pt", epochs=1, size=32, batch_size=4, device="cpu",
+                             init="none", quiet=True)
+    assert res["card"]["classes"] == ["covid19", "influenza_a", "no_pneumonia"]
+    clf = C.load_classifier(tmp_path / "three.pt", device="cpu")
+    p = C.slice_probabilities(clf, np.full((2, 40, 40), -800, np.int16))
+    assert p.shape == (2, 3) and np.allclose(p.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_shipped_classifier_loads_and_scores_hu_slices():
+    try:
+        clf = C.load_classifier(None, device="cpu")
+    except ModelLoadError as exc:  # pragma: no cover - the weights are shipped
+        pytest.fail(str(exc))
+    assert clf.classes == C.CLASSES_BINARY and clf.card.get("validation", {}).get("auc", 0) > 0.8
+    hu, lung, lesion = _phantom(n=6, size=96)
+    p = C.slice_probabilities(clf, hu)
+    assert p.shape == (6, 2) and np.allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    assert C.classifier_cam(clf, hu[3]).shape == (96, 96)
+
+
+def test_missing_classifier_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="train-classifier"):
+        C.load_classifier(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    torch.save({"format": "ctscreen-model/1"}, bad)
+    with pytest.raises(ModelLoadError, match="not a ctscreen classifier"):
+        C.load_classifier(bad)
