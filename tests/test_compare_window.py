@@ -145,3 +145,43 @@ def test_export_menu_writes_nifti_and_pdf(qtbot, pair, tmp_path):
     with qtbot.waitSignal(ex.finished, timeout=5000) as sig:
         assert not ex.export("report_pdf", prior, path=str(tmp_path / "r.pdf"))
     assert "nothing was overwritten" in sig.args[0] and (tmp_path / "r.pdf").read_bytes() == before
+
+
+def test_file_menu_compare_with(qtbot, pair, tmp_path, monkeypatch):
+    """File → Compare with…: refuses without a study; with one, opens the window beside it, analysing the
+    current volume through the pipeline and re-opening the prior's analysis folder."""
+    import ctscreen.inference.pipeline as pipeline
+    from ctscreen.io.export_report import write_report_json
+    from ctscreen.io.nifti import write_nifti
+    from ctscreen.viewer import compare_window
+    from ctscreen.viewer.main_window import MainWindow
+    from ctscreen.viewer.settings import ViewerSettings
+
+    prior, current = pair
+    win = MainWindow(settings=ViewerSettings(tmp_path / "settings"), interactive=False)
+    qtbot.addWidget(win)
+    assert win.compare_action in win.file_menu.actions()
+    errors = []
+    monkeypatch.setattr(win, "show_error", lambda title, msg: errors.append(msg))
+    win.compare_action.trigger()
+    assert errors and "Open the current study first" in errors[0]
+
+    folder = tmp_path / "prior_analysis"
+    folder.mkdir()
+    write_report_json(prior, folder / "report.json")
+    write_nifti(prior, folder)
+    monkeypatch.setattr(compare_window.QFileDialog, "getExistingDirectory", lambda *a, **k: str(folder))
+
+    def fake_analyze(volume, options):
+        yield pipeline.Progress(stage="segmentation", done=1, total=1, fraction=1.0)
+        return current
+
+    monkeypatch.setattr(pipeline, "analyze", fake_analyze)
+    win.slice_view.set_volume(current.volume)
+    win.compare_action.trigger()
+    (cw,) = win._compare_windows
+    qtbot.addWidget(cw)
+    qtbot.waitUntil(lambda: cw.comparison is not None, timeout=20000)
+    assert cw.comparison.registration.offset_mm == pytest.approx((-12.0, 8.0, -37.0), abs=1.5)
+    assert cw.prior_view.volume.shape == prior.volume.shape
+    cw.close()
