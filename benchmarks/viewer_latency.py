@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             "window_to_uint8_ms": _stats_ms(raw),
             "pyqtgraph_ImageView_setImage_ms": _stats_ms(iv),
             "viewer_over_ImageView_median": round(float(np.median(times) / np.median(iv)), 3),
+            "mpr_pane_over_ImageView_median": {p: round(float(mpr[p]["median"] / 1000.0 / np.median(iv)), 3)
+                                               for p in ("axial", "coronal", "sagittal")},
         },
         "targets": {"drop_to_first_slice_s": 0.3, "slice_change_median_ms": 16.0,
                     "analysis_max_gui_gap_ms": 50.0},
