@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from ctscreen.imaging.screening import Screening
-from ctscreen.inference import pipeline
 from ctscreen.inference.models import save_model
 from ctscreen.inference.nets import UNet
 from ctscreen.inference.pipeline import AnalyzeOptions, run_analysis
