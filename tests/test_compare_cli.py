@@ -72,3 +72,28 @@ def test_compare_bad_input_is_one_line(studies, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "missing does not exist" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_dicom_folders_are_analysed_first(studies, tmp_path, capsys, monkeypatch):
+    """DICOM folders go through the pipeline (model loaded once, Grad-CAM off) before the comparison."""
+    import ctscreen.inference.models as models
+    import ctscreen.inference.pipeline as pipeline
+    from test_export_fixtures import write_synthetic_series
+
+    _p, _c, prior, current = studies
+    write_synthetic_series(tmp_path / "a")
+    write_synthetic_series(tmp_path / "b")
+    loads, runs = [], []
+    monkeypatch.setattr(models, "load_model", lambda name=None, device="auto": loads.append((name, device)) or "M")
+
+    def fake_analyze(info, options):
+        runs.append((info.slice_count, options.model, options.cam))
+        yield pipeline.Progress(stage="segmentation", done=1, total=1, fraction=1.0)
+        return prior if len(runs) == 1 else current
+
+    monkeypatch.setattr(pipeline, "analyze", fake_analyze)
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--device", "cpu"]) == 0
+    assert loads == [(None, "cpu")] and runs == [(6, "M", "none"), (6, "M", "none")]
+    data = json.loads((out / "comparison.json").read_text())
+    assert {r["region"]: r["direction"] for r in data["rows"]}["right_lower"] == "worse"
