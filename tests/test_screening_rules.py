@@ -248,3 +248,17 @@ def test_to_dict_one_line_and_classifier():
                              "(research use only - not for diagnosis)")
     d2 = s2.to_dict()
     assert d2["top_slice_numbers"] == [13, 4] and d2["model_version"] == "v1"
+
+
+def test_typical_features_take_precedence_over_an_effusion():
+    """The RSNA hierarchy: an atypical feature beside a typical pattern is named, the category stays typical."""
+    hu, lung = chest()
+    lesion = peripheral_ggo(lung)
+    cz, cy, _ = CENTRES[1]
+    crescent = (_radius(1) > 1.0) & (_radius(1, (1.0, 1.4, 1.25)) <= 1.0) & (Y > cy + 10) & (Z >= cz) & (lung == 0)
+    hu = hu.copy()
+    hu[crescent] = 10
+    s = run(hu, lung, lesion)
+    assert s.criterion("effusion").met is True and not s.criterion("effusion").decisive
+    assert s.category == "typical"
+    assert any("pleural effusion" in r and "precedence" in r for r in s.reasons)
