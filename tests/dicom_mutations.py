@@ -625,12 +625,15 @@ def _truncate_anywhere(w: Work) -> None:
 @_kind("bytes", True)
 def _truncate_end_slice(w: Work) -> None:
     k = w.rng.choice([0, len(w.encoded) - 1])
+    w.touched.add(k)
     w.encoded[k] = w.encoded[k][:w.rng.randrange(max(len(w.encoded[k]), 1))]
 
 
 @_kind("bytes", True)
 def _zero_length_end_slice(w: Work) -> None:
-    w.encoded[w.rng.choice([0, len(w.encoded) - 1])] = b""
+    k = w.rng.choice([0, len(w.encoded) - 1])
+    w.touched.add(k)
+    w.encoded[k] = b""
 
 
 @_kind("bytes", True)

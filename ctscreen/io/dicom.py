@@ -366,25 +366,26 @@ def _pixel_info(data: bytes, pos: int, ds: Dataset, data_size: int, deflated: bo
                       end == "<", deflated, complete)
 
 
-#: A run of zero bytes this long does not occur in a real header before its Pixel Data: it is a
-#: sparse, zero-filled or cut-and-padded file, and parsing it would read one empty element per 8 bytes.
-_ZERO_RUN = bytes(32768)
+_ZERO_FILLED = "the header runs into zero-filled bytes before any Pixel Data (a damaged or sparse file)"
+
+
+def _stop_at_pixels_or_zeros(tag: Any, vr: str | None, length: int) -> bool:
+    """Where the header parse stops: the pixel data, or a tag (0000,0000), which no dataset
+    holds: zero-filled bytes (a sparse or padded file), where parsing on would read one
+    empty element per 8 bytes."""
+    return tag in (0x7FE00010, 0x7FE00009, 0x7FE00008) or tag == 0
 
 
 def _parse_header(data: bytes) -> tuple[Dataset | None, int, Exception | None]:
-    cut = data.find(_ZERO_RUN, 132)
-    if cut >= 0:
-        data = data[:cut]
     bio = io.BytesIO(data)
     try:
-        ds = pydicom.dcmread(bio, stop_before_pixels=True, force=True)
+        ds = pydicom.filereader.read_partial(bio, _stop_at_pixels_or_zeros, force=True)
     except Exception as exc:  # noqa: BLE001 - the caller decides
         return None, bio.tell(), exc
-    if 0 in ds and any(k in ds for k in _IDENTIFYING):
-        # A tag (0000,0000) inside a dataset: the header runs into zero-filled bytes (a sparse or
-        # damaged file); reading on would parse megabytes of empty elements.
-        return None, bio.tell(), ValueError("the header runs into zero-filled bytes (damaged or sparse file)")
-    return ds, bio.tell(), None
+    pos = bio.tell()
+    if data[pos:pos + 4] == b"\x00\x00\x00\x00" and pos + 8 <= len(data) and any(k in ds for k in _IDENTIFYING):
+        return None, pos, ValueError(_ZERO_FILLED)
+    return ds, pos, None
 
 
 def _inflate(fh: Any, max_bytes: int) -> tuple[bytes, bool]:
@@ -459,9 +460,8 @@ def _read_header_info(path: str) -> tuple[Dataset, _PixelInfo | None]:
             return ds, _PixelInfo(size, 0, size, True) if "Rows" in ds else None
         if ds is not None and not any(k in ds for k in _IDENTIFYING):
             return ds, None  # nothing DICOM-like in 64 KiB: do not read on (a sparse or garbage file)
-        if data.find(_ZERO_RUN, 132) >= 0:  # reading on would stop at the same place
-            raise ValueError("the header runs into zero-filled bytes before any Pixel Data "
-                             "(a damaged or sparse file)")
+        if isinstance(exc, ValueError) and str(exc) == _ZERO_FILLED:  # reading on would stop there too
+            raise exc
         fh.seek(0)
         data = fh.read(HEADER_BUDGET_BYTES)
     ds, pos, exc = _parse_header(data)
@@ -471,8 +471,8 @@ def _read_header_info(path: str) -> tuple[Dataset, _PixelInfo | None]:
         if ds is None:
             raise exc  # type: ignore[misc]
         return ds, _PixelInfo(size, 0, size, True) if "Rows" in ds else None
-    if data.find(_ZERO_RUN, 132) >= 0:
-        raise ValueError("the header runs into zero-filled bytes before any Pixel Data (a damaged or sparse file)")
+    if isinstance(exc, ValueError) and str(exc) == _ZERO_FILLED:
+        raise exc
     raise ValueError(f"no Pixel Data within the first {HEADER_BUDGET_BYTES >> 20} MiB "
                      f"of a {size / 2**20:.0f} MiB file — damaged or not an image")
 
