@@ -235,24 +235,26 @@ def test_push_seg_and_key_images_by_stow_then_query(orthanc, study, analysed, tm
     from ctscreen.io.pacs.send import result_datasets
 
     study_uid, _, patient_id, _ = study
-    datasets, notes = result_datasets(analysed, max_key_images=2)
+    datasets, notes = result_datasets(analysed, max_key_images=2, report=True)
     assert not notes
-    assert [str(d.Modality) for d in datasets] == ["SEG", "OT", "OT", "OT"]
-    for sc in datasets[1:]:
+    assert [str(d.Modality) for d in datasets] == ["SEG", "OT", "OT", "OT", "DOC"]
+    assert datasets[-1].EncapsulatedDocument.startswith(b"%PDF") and datasets[-1].PatientID == patient_id
+    for sc in datasets[1:4]:
         assert sc.StudyInstanceUID == study_uid and sc.PatientID == patient_id
         assert sc.BurnedInAnnotation == "NO" and "Research use only" in sc.ImageComments
     exe = shutil.which("dciodvfy")
-    if exe:  # the key image is a valid Secondary Capture (dicom3tools, installed by tools/install.sh)
-        path = tmp_path / "sc.dcm"
-        datasets[1].save_as(path, enforce_file_format=True)
-        report = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-        errors = [ln for ln in (report.stdout + report.stderr).splitlines() if ln.startswith("Error")]
-        assert not errors, errors
+    if exe:  # valid Secondary Capture and Encapsulated PDF (dicom3tools, installed by tools/install.sh)
+        for ds in (datasets[1], datasets[-1]):
+            path = tmp_path / f"{ds.Modality}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            report = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+            errors = [ln for ln in (report.stdout + report.stderr).splitlines() if ln.startswith("Error")]
+            assert not errors, (ds.Modality, errors)
     with connect(web(orthanc)) as pacs:
         stored = pacs.store(datasets)
-        assert not stored.failed and len(stored.stored) == 4
+        assert not stored.failed and len(stored.stored) == 5
         by_mod = _series_by_modality(pacs, study_uid)
-        assert "SEG" in by_mod and "OT" in by_mod and "CT" in by_mod
+        assert {"SEG", "OT", "DOC", "CT"} <= set(by_mod)
         seg_series = by_mod["SEG"][0]
         assert pacs.find_instances(study_uid, seg_series.series_instance_uid) == [str(datasets[0].SOPInstanceUID)]
     with connect(dimse(orthanc)) as pacs:  # and DIMSE sees it too
@@ -287,13 +289,16 @@ def test_cli_pull_list_retrieve_and_push_result_dir_by_cstore(orthanc, study, an
 
     out_dir = tmp_path / "result"
     out_dir.mkdir()
-    export_all(analysed, out_dir)
+    export_all(analysed, out_dir, pdf=True)
     write_montage_png(analysed, out_dir / "montage.png")
     code = cli_main(["push", str(out_dir), "--dimse", f"{AET}@127.0.0.1:{orthanc.dicom_port}",
                      "--max-key-images", "1"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "sent 3 of 3 objects" in captured.out and "SEG" in captured.out
+    assert "sent 4 of 4 objects" in captured.out and "1 SEG" in captured.out and "1 report" in captured.out
+    with connect(dimse(orthanc)) as pacs:  # the report sits beside the study as a document
+        docs = [s for s in pacs.find_series(study_uid) if s.modality == "DOC"]
+    assert len(docs) == 1 and docs[0].description.startswith("ctscreen report")
     # Pushing the same folder again gives the same UIDs: the PACS does not grow a second copy.
     with connect(web(orthanc)) as pacs:
         n_before = sum(len(pacs.find_instances(study_uid, s.series_instance_uid))
@@ -501,6 +506,7 @@ def test_viewer_send_results_to_pacs(orthanc, study, analysed, tmp_path, qtbot, 
     dlg = SendToPacsDialog(analysed, config_folder=tmp_path, interactive=False)
     qtbot.addWidget(dlg)
     dlg.key_images.setValue(1)
+    dlg.report.setChecked(False)
     with qtbot.waitSignal(dlg.sent, timeout=30000) as sent:
         dlg.send()
     stored = sent.args[0]

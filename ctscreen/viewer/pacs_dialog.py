@@ -389,13 +389,14 @@ def open_from_pacs(window: Any) -> PacsDialog:
     return dlg
 
 
-def _send(server: ServerConfig, result: Any, seg: bool, key_images: int, include_patient: bool, cancel: Any = None):
+def _send(server: ServerConfig, result: Any, seg: bool, key_images: int, include_patient: bool, report: bool,
+          cancel: Any = None):
     from ctscreen.io.pacs import connect
     from ctscreen.io.pacs.send import result_datasets
 
     yield "building"
     datasets, notes = result_datasets(result, seg=seg, key_images=key_images > 0, include_patient=include_patient,
-                                      max_key_images=key_images)
+                                      max_key_images=key_images, report=report)
     if not datasets:
         raise PacsError("nothing to send: " + ("; ".join(notes) or "choose the SEG or key images"))
     yield "sending"
@@ -440,11 +441,14 @@ class SendToPacsDialog(QDialog):
         self.key_images.setValue(6)
         self.key_images.setSuffix(" lesion slices + montage")
         self.key_images.setSpecialValueText("none")
-        self.include_patient = QCheckBox("Burn patient name and ID into the key images")
+        self.report = QCheckBox("One-page report (DICOM Encapsulated PDF)")
+        self.report.setChecked(True)
+        self.include_patient = QCheckBox("Show patient name and ID in the key images and report")
         form = QFormLayout()
         form.addRow("Server", self.server_box)
         form.addRow("", self.seg)
         form.addRow("Key images (Secondary Capture)", self.key_images)
+        form.addRow("", self.report)
         form.addRow("", self.include_patient)
         vol = getattr(result, "volume", None)
         about = QLabel(f"Study {getattr(vol, 'study_instance_uid', '?')}<br>The objects join this study on the PACS "
@@ -497,7 +501,7 @@ class SendToPacsDialog(QDialog):
         self.send_button.setEnabled(False)
         self.status.setText(f"Building and sending to {server.describe()} \u2026")
         worker = GeneratorWorker(_send, server, self.result, self.seg.isChecked(), self.key_images.value(),
-                                 self.include_patient.isChecked())
+                                 self.include_patient.isChecked(), self.report.isChecked())
         worker.returned.connect(lambda out: self._done(server, *out))
         worker.errored.connect(lambda exc: self.status.setText(f"\u2716 {exc}"))
         worker.finished.connect(lambda: self.send_button.setEnabled(True))
@@ -509,8 +513,10 @@ class SendToPacsDialog(QDialog):
                     and str(d.SOPInstanceUID) in stored.stored)
         n_sc = sum(1 for d in datasets if str(getattr(d, "Modality", "")) == "OT"
                    and str(d.SOPInstanceUID) in stored.stored)
+        n_doc = sum(1 for d in datasets if str(getattr(d, "Modality", "")) == "DOC"
+                    and str(d.SOPInstanceUID) in stored.stored)
         text = f"\u2714 Sent {len(stored.stored)} of {len(datasets)} objects to {server.describe()}: " \
-               f"{n_seg} SEG, {n_sc} key images."
+               f"{n_seg} SEG, {n_sc} key images, {n_doc} report."
         if stored.failed:
             text = f"\u2716 {len(stored.failed)} refused: {stored.failed[0][1]}. " + text
         if notes:

@@ -28,10 +28,15 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from ctscreen import RESEARCH_NOTICE, __version__
 from ctscreen.io.files import MONTAGE_NAME, REPORT_JSON, SEG_NAME, SLICE_PNG_PATTERN
+
+#: The one-page report 'ctscreen analyze --pdf' writes (ctscreen.io.report_pdf.REPORT_PDF; that module needs matplotlib).
+REPORT_PDF = "report.pdf"
 from ctscreen.io.pacs.common import PacsError
 
 #: Series number of the key images (the SEG uses 9901).
 SC_SERIES_NUMBER = 9902
+#: Series number of the report (Encapsulated PDF).
+PDF_SERIES_NUMBER = 9903
 #: Most single-slice key images sent beside the montage.
 MAX_KEY_IMAGES = 6
 
@@ -129,6 +134,70 @@ def build_secondary_capture(reference: Dataset, rgb: np.ndarray, *, series_insta
     return sc
 
 
+def build_encapsulated_pdf(reference: Dataset, pdf: bytes, *, title: str = "ctscreen chest CT lesion report",
+                           sop_instance_uid: str | None = None, series_instance_uid: str | None = None,
+                           burned_in_patient: bool = False, series_number: int = PDF_SERIES_NUMBER) -> Dataset:
+    """The one-page report as a DICOM Encapsulated PDF of the study of ``reference``.
+
+    PACS viewers list it with the study's documents (modality DOC) and open it as a PDF.
+    """
+    import datetime
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import EncapsulatedPDFStorage
+
+    if not pdf.startswith(b"%PDF"):
+        raise PacsError("the report is not a PDF file \u2014 pass the report.pdf that 'ctscreen analyze --pdf' wrote")
+    ds = Dataset()
+    for kw in _STUDY_KEYWORDS:
+        if kw in reference:
+            setattr(ds, kw, reference.data_element(kw).value)
+    if "StudyInstanceUID" not in ds:
+        raise PacsError("the reference header has no Study Instance UID \u2014 the report cannot join the study")
+    for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+               "AccessionNumber", "StudyID", "ReferringPhysicianName"):
+        if kw not in ds:
+            setattr(ds, kw, "")
+    now = datetime.datetime.now()
+    if "SpecificCharacterSet" in reference:
+        ds.SpecificCharacterSet = reference.SpecificCharacterSet
+    ds.SOPClassUID = EncapsulatedPDFStorage
+    ds.SOPInstanceUID = sop_instance_uid or generate_uid()
+    ds.Modality = "DOC"
+    ds.SeriesInstanceUID = series_instance_uid or generate_uid()
+    ds.SeriesNumber = int(series_number)
+    ds.SeriesDescription = "ctscreen report (research use only)"
+    ds.Manufacturer = "ctscreen"
+    ds.ManufacturerModelName = "ctscreen"
+    ds.SoftwareVersions = __version__
+    ds.ConversionType = "WSD"
+    ds.InstanceNumber = 1
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+    ds.BurnedInAnnotation = "YES" if burned_in_patient else "NO"
+    ds.DocumentTitle = title[:64]
+    ds.ConceptNameCodeSequence = []
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = pdf + (b"\0" if len(pdf) % 2 else b"")
+    ds.EncapsulatedDocumentLength = len(pdf)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def report_pdf_bytes(result: Any, include_patient: bool = False) -> bytes:
+    """The one-page report of :mod:`ctscreen.io.report_pdf` as PDF bytes (written to a temporary folder only)."""
+    import tempfile
+
+    from ctscreen.io.report_pdf import write_report_pdf
+
+    with tempfile.TemporaryDirectory(prefix="ctscreen-report-") as tmp:
+        return write_report_pdf(result, Path(tmp) / "report.pdf", include_patient=include_patient).read_bytes()
+
+
 def key_slice_indices(result: Any, count: int = MAX_KEY_IMAGES) -> list[int]:
     """The ``count`` slices with the largest lesion area, in slice order."""
     les = np.asarray(result.lesion)
@@ -163,8 +232,8 @@ def secondary_captures(result: Any, *, include_patient: bool = False, max_key_im
 
 
 def result_datasets(result: Any, *, seg: bool = True, key_images: bool = True, include_patient: bool = False,
-                    max_key_images: int = MAX_KEY_IMAGES) -> tuple[list[Dataset], list[str]]:
-    """The SEG and key images of an in-memory result; returns ``(datasets, notes)``.
+                    max_key_images: int = MAX_KEY_IMAGES, report: bool = False) -> tuple[list[Dataset], list[str]]:
+    """The SEG, key images and (``report``) the PDF report of an in-memory result; returns ``(datasets, notes)``.
 
     A result without lesions has no SEG (a note says so); the montage is still sent.
     """
@@ -180,6 +249,10 @@ def result_datasets(result: Any, *, seg: bool = True, key_images: bool = True, i
             notes.append(f"no SEG sent: {exc}")
     if key_images:
         datasets.extend(secondary_captures(result, include_patient=include_patient, max_key_images=max_key_images))
+    if report:
+        datasets.append(build_encapsulated_pdf(reference_header(result.volume),
+                                               report_pdf_bytes(result, include_patient=include_patient),
+                                               burned_in_patient=include_patient))
     return datasets, notes
 
 
@@ -229,13 +302,13 @@ def _key_pngs(folder: Path, report: dict, count: int) -> list[Path]:
 
 
 def collect_files(paths: Sequence[str | Path], *, source: str | Path | None = None, key_images: bool = True,
-                  max_key_images: int = MAX_KEY_IMAGES) -> tuple[list[Dataset], list[str]]:
+                  max_key_images: int = MAX_KEY_IMAGES, report: bool = True) -> tuple[list[Dataset], list[str]]:
     """Datasets to push from result folders and files; returns ``(datasets, notes)``.
 
     A result folder (``ctscreen analyze --out``) gives its ``lesions_seg.dcm`` and, as
     Secondary Captures, ``montage.png`` and up to ``max_key_images`` ``slice_*.png`` (largest
-    lesion area first). DICOM files are sent as they are; PNG files become Secondary
-    Captures. The study identifiers of the Secondary Captures come from a DICOM file among
+    lesion area first), and with ``report`` its ``report.pdf`` as an Encapsulated PDF. DICOM
+    files are sent as they are; PNG files become Secondary Captures, PDF files Encapsulated PDFs. The study identifiers of the Secondary Captures come from a DICOM file among
     the inputs (the SEG), else from ``source`` (a file or folder of the analysed series).
 
     Raises
@@ -245,6 +318,7 @@ def collect_files(paths: Sequence[str | Path], *, source: str | Path | None = No
     """
     dicoms: list[tuple[Path, Dataset]] = []
     pngs: list[Path] = []
+    pdfs: list[Path] = []
     reports: list[dict] = []
     notes: list[str] = []
     for raw in paths:
@@ -260,26 +334,39 @@ def collect_files(paths: Sequence[str | Path], *, source: str | Path | None = No
                 if (p / MONTAGE_NAME).exists():
                     pngs.append(p / MONTAGE_NAME)
                 pngs.extend(_key_pngs(p, report, max_key_images))
-            if not (p / SEG_NAME).exists() and not any(q.parent == p for q in pngs):
-                raise PacsError(f"{p} holds no {SEG_NAME}, {MONTAGE_NAME} or slice PNGs \u2014 pass a folder written by "
-                                "'ctscreen analyze --out'")
+            if report and (p / REPORT_PDF).exists():
+                pdfs.append(p / REPORT_PDF)
+            if not (p / SEG_NAME).exists() and not any(q.parent == p for q in pngs + pdfs):
+                raise PacsError(f"{p} holds no {SEG_NAME}, {MONTAGE_NAME}, slice PNGs or {REPORT_PDF} \u2014 pass a "
+                                "folder written by 'ctscreen analyze --out'")
         elif p.is_file():
             if p.suffix.lower() == ".png":
                 pngs.append(p)
+            elif p.suffix.lower() == ".pdf":
+                pdfs.append(p)
             else:
                 dicoms.append((p, _read_dicom(p)))
         else:
             raise PacsError(f"{p} does not exist \u2014 pass a result folder or files to send")
     datasets = [ds for _, ds in dicoms]
-    if pngs:
+    ref = None
+    if pngs or pdfs:
         ref = next((ds for _, ds in dicoms if "PatientID" in ds or "PatientName" in ds), None)
         if ref is None and source is not None:
             ref = _source_header(Path(source))
         if ref is None:
-            raise PacsError("PNG key images need the study they belong to \u2014 include the SEG "
+            raise PacsError("PNG key images and PDF reports need the study they belong to \u2014 include the SEG "
                             "(lesions_seg.dcm) or pass --source with the analysed DICOM series")
-        burned = any("patient_name" in (r.get("series") or {}) for r in reports)
-        stem = str(getattr(ref, "SOPInstanceUID", "")) + str(getattr(ref, "StudyInstanceUID", ""))
+    burned = any("patient_name" in (r.get("series") or {}) for r in reports)
+    stem = str(getattr(ref, "SOPInstanceUID", "")) + str(getattr(ref, "StudyInstanceUID", ""))
+    for pdf in pdfs:
+        data = pdf.read_bytes()
+        digest = hashlib.sha1(data).hexdigest()
+        datasets.append(build_encapsulated_pdf(
+            ref, data, burned_in_patient=burned,
+            series_instance_uid=generate_uid(entropy_srcs=["ctscreen-pdf-series", stem]),
+            sop_instance_uid=generate_uid(entropy_srcs=["ctscreen-pdf", stem, pdf.name, digest])))
+    if pngs:
         # The same result pushed twice gives the same UIDs, so the PACS does not show it twice.
         series_uid = generate_uid(entropy_srcs=["ctscreen-sc-series", stem])
         for n, png in enumerate(pngs, start=1):
@@ -290,7 +377,7 @@ def collect_files(paths: Sequence[str | Path], *, source: str | Path | None = No
                 description=f"ctscreen {png.stem.replace('_', ' ')}", burned_in_patient=burned)
             datasets.append(sc)
     if not datasets:
-        raise PacsError("nothing to send \u2014 pass a result folder, a SEG or key-image PNGs")
+        raise PacsError("nothing to send \u2014 pass a result folder, a SEG, key-image PNGs or a report PDF")
     return datasets, notes
 
 
