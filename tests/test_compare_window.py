@@ -73,6 +73,18 @@ def test_table_and_anatomical_sync(qtbot, pair, tmp_path):
     assert win.prior_view.slice_index == before
     win.link_box.setChecked(True)
 
+    # File → Save comparison writes what `ctscreen compare` writes, asking before overwriting
+    assert win.save_action.isEnabled()
+    out = tmp_path / "saved"
+    out.mkdir()
+    with qtbot.waitSignal(win.statusBar().messageChanged, timeout=20000,
+                          check_params_cb=lambda m: m.startswith("Wrote")):
+        assert win.save_comparison(str(out))
+    qtbot.waitUntil(lambda: win._saver is None, timeout=5000)
+    assert sorted(p.name for p in out.iterdir()) == ["comparison.csv", "comparison.json", "comparison.png"]
+    win.ask_overwrite = lambda names: False
+    assert not win.save_comparison(str(out))
+
     win.current_view.set_slice(int(np.argmax(current.lesion.reshape(100, -1).astype(bool).sum(axis=1))))
     qtbot.wait(50)
     shot = win.grab()

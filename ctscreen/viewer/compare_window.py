@@ -190,6 +190,18 @@ class CompareWindow(QMainWindow):
         self.statusBar().addPermanentWidget(notice)
         self.resize(1400, 950)
 
+        menu = self.menuBar().addMenu("&File")
+        self.save_action = menu.addAction("&Save comparison (JSON, CSV, PNG)…", self.save_comparison)
+        self.save_action.setEnabled(False)
+        menu.addAction("&Close", self.close)
+        #: Replaced in tests: returns the chosen folder ("" = cancelled) and whether to overwrite.
+        self.choose_folder = lambda: QFileDialog.getExistingDirectory(self, "Save the comparison into")
+        self.ask_overwrite = lambda names: QMessageBox.question(
+            self, "Overwrite?", f"{', '.join(names)} exist here. Overwrite?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No) == QMessageBox.StandardButton.Yes
+        self._saver: GeneratorWorker | None = None
+
         self.current_view.sliceChanged.connect(self._current_moved)
         self.prior_view.sliceChanged.connect(self._prior_moved)
         self.current_view.windowChanged.connect(lambda w: self._link_window(self.prior_view, w))
@@ -269,6 +281,7 @@ class CompareWindow(QMainWindow):
             title.setText(f"{name} — {vol.series_description or 'series'}, {vol.shape[0]} slices, "
                           f"{vol.spacing_mm[0]:g} mm")
         self._fill_table(cmp)
+        self.save_action.setEnabled(True)
         reg = cmp.registration
         ox, oy, oz = reg.offset_mm
         both = cmp.row("both")
@@ -320,6 +333,34 @@ class CompareWindow(QMainWindow):
                 self.table.setItem(r, col, item)
 
     # -- synchronisation ------------------------------------------------------------------------
+    def save_comparison(self, folder: str | None = None) -> bool:
+        """Write comparison.json/.csv/.png (as ``ctscreen compare``) into a folder, off the GUI thread."""
+        from ctscreen.io.export_compare import COMPARISON_NAMES, write_comparison
+
+        if self.comparison is None or self._saver is not None:
+            return False
+        folder = folder or self.choose_folder()
+        if not folder:
+            return False
+        existing = [n for n in COMPARISON_NAMES if (Path(folder) / n).exists()]
+        if existing and not self.ask_overwrite(existing):
+            self.statusBar().showMessage("Not saved; nothing was overwritten.", 8000)
+            return False
+        cmp = self.comparison
+
+        def job(cancel: threading.Event) -> Generator[None, None, Any]:
+            yield None
+            return write_comparison(cmp, folder, force=bool(existing))
+
+        saver = GeneratorWorker(job)
+        saver.returned.connect(lambda written: self.statusBar().showMessage(
+            f"Wrote {', '.join(p.name for p in written)} to {folder}", 10000))
+        saver.errored.connect(lambda exc: self._fail(f"saving failed: {exc}"))
+        saver.finished.connect(lambda: (setattr(self, "_saver", None), saver.deleteLater()))
+        self._saver = saver
+        saver.start()
+        return True
+
     def _current_moved(self, k: int) -> None:
         if self._syncing or self.comparison is None or not self.link_box.isChecked():
             return
