@@ -26,10 +26,13 @@ from ctscreen.io.pacs.config import (SECRET_ENV, ServerConfig, dicomweb_address,
 __all__ = ["add_server_args", "server_from_args", "run_pull", "format_studies"]
 
 
-def add_server_args(p: argparse.ArgumentParser) -> None:
-    """The ``--server / --dicomweb / --dimse`` options shared by ``pull`` and ``push``."""
+def add_server_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """The ``--server / --dicomweb / --dimse`` options shared by ``pull``, ``push`` and ``batch``.
+
+    ``required=False`` where the PACS is one source among others (``batch ROOT``).
+    """
     g = p.add_argument_group("server (one of)")
-    x = g.add_mutually_exclusive_group(required=True)
+    x = g.add_mutually_exclusive_group(required=required)
     x.add_argument("--server", metavar="NAME", help="a server configured in the viewer's PACS settings "
                    "(pacs_servers.json)")
     x.add_argument("--dicomweb", metavar="URL", help="a DICOMweb root, e.g. http://pacs:8042/dicom-web")
