@@ -114,3 +114,14 @@ def test_key_slices_are_the_worst_spread_out(result):
     area = result.lesion.reshape(result.lesion.shape[0], -1).astype(bool).sum(axis=1)
     assert int(np.argmax(area)) in keys and len(keys) >= 2
     assert all(area[k] > 0 for k in keys)
+
+
+def test_reader_measurements_are_listed(result, tmp_path):
+    marks = [{"id": 1, "kind": "ruler", "plane": "axial", "index": 40, "summary": "42.0 mm"},
+             {"id": 2, "kind": "ellipse", "plane": "coronal", "index": 50, "summary": "3.1 cm², mean -612 HU"}]
+    text = _text(write_report_pdf(result, tmp_path / "r.pdf", reader_measurements=marks))
+    assert "Reader measurements" in text
+    assert "ruler axial slice 41: 42.0 mm" in text and "ellipse coronal slice 51" in text
+    many = marks * 4
+    text = _text(write_report_pdf(result, tmp_path / "r2.pdf", reader_measurements=many))
+    assert "and 5 more" in text

@@ -82,7 +82,8 @@ def _wrap(text: str, width: int) -> list[str]:
     return textwrap.wrap(str(text), width) or [""]
 
 
-def build_report_figure(result: Any, include_patient: bool = False, created: _dt.datetime | None = None) -> Any:
+def build_report_figure(result: Any, include_patient: bool = False, created: _dt.datetime | None = None,
+                        reader_measurements: list[dict[str, Any]] | None = None) -> Any:
     """The report page as a matplotlib ``Figure`` (A4 portrait); save it as PDF or PNG.
 
     Parameters
@@ -92,6 +93,9 @@ def build_report_figure(result: Any, include_patient: bool = False, created: _dt
         Print the patient name and ID. Off by default.
     created : datetime, optional
         Date printed on the report (default now, UTC).
+    reader_measurements : list of dict, optional
+        The reader's rulers, ROIs and probes (``ctscreen.imaging.annotations``'s ``to_dicts``
+        records: ``kind``, ``plane``, ``index``, ``summary``), listed under the totals.
     """
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
@@ -207,6 +211,20 @@ def build_report_figure(result: Any, include_patient: bool = False, created: _dt
     table.set_fontsize(8)
     table.scale(1, 1.25)
 
+    if reader_measurements:
+        items = list(reader_measurements)
+        y = 0.370
+        fig.text(0.05, y, "Reader measurements", fontsize=8, weight="bold", va="top")
+        shown = items[:4] if len(items) <= 4 else items[:3]  # room for four lines above the profile
+        for d in shown:
+            y -= 0.0135
+            where = f"{d.get('plane', '') or 'axial'} slice {int(d['index']) + 1}" if d.get("index") is not None else ""
+            line = f"{d.get('kind', '')} {where}: {d.get('summary', '')}".strip()
+            fig.text(0.06, y, line[:90], fontsize=6.5, va="top", color="#333333")
+        if len(items) > len(shown):
+            fig.text(0.06, y - 0.0135, f"… and {len(items) - len(shown)} more (listed in report.json)", fontsize=6.5,
+                     va="top", color="#555555")
+
     # -- severity grid ------------------------------------------------------------------------------
     ax = fig.add_axes((0.52, 0.33, 0.43, 0.19))
     ax.set_axis_off()
@@ -290,11 +308,16 @@ def render_report_png(result: Any, dpi: int = 100, **kw: Any) -> np.ndarray:
 
 
 def write_report_pdf(result: Any, path: str | os.PathLike, force: bool = False, include_patient: bool = False,
-                     created: _dt.datetime | None = None) -> Path:
-    """Write the one-page report to ``path`` (normally ``report.pdf``) atomically; returns the path."""
+                     created: _dt.datetime | None = None,
+                     reader_measurements: list[dict[str, Any]] | None = None) -> Path:
+    """Write the one-page report to ``path`` (normally ``report.pdf``) atomically; returns the path.
+
+    ``reader_measurements`` (optional) lists the reader's measurements under the totals.
+    """
     from matplotlib.backends.backend_pdf import FigureCanvasPdf
 
-    fig = build_report_figure(result, include_patient=include_patient, created=created)
+    fig = build_report_figure(result, include_patient=include_patient, created=created,
+                              reader_measurements=reader_measurements)
     FigureCanvasPdf(fig)
     meta = {"Title": "ctscreen chest CT lesion analysis", "Creator": f"ctscreen {__version__}",
             "Subject": RESEARCH_NOTICE}
