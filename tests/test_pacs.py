@@ -31,7 +31,7 @@ from orthanc_server import AET, PASSWORD, USER, OrthancServer, available, free_p
 from ctscreen.cli import main as cli_main  # noqa: E402
 from ctscreen.errors import Cancelled  # noqa: E402
 from ctscreen.io.pacs import (PacsError, ServerConfig, StudyQuery, connect, load_servers,  # noqa: E402
-                              parse_date_range, parse_dimse_address, run_retrieve, save_servers)
+                              parse_date_range, parse_dimse_address, save_servers)
 from ctscreen.io.pacs.cache import SeriesCache  # noqa: E402
 from ctscreen.io.pacs.config import SERVERS_FILE, find_server  # noqa: E402
 

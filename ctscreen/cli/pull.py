@@ -17,7 +17,7 @@ import argparse
 import getpass
 import os
 import sys
-from typing import Any, TextIO
+from typing import TextIO
 
 from ctscreen.io.pacs.common import PacsError, SeriesRecord, StudyQuery, StudyRecord
 from ctscreen.io.pacs.config import (SECRET_ENV, ServerConfig, dicomweb_address, find_server, get_secret,

@@ -427,10 +427,11 @@ class SendToPacsDialog(QDialog):
         self.config_folder = config_folder
         self.interactive = interactive
         self._worker: GeneratorWorker | None = None
+        load_error = ""
         try:
             self.servers = load_servers(config_folder)
         except PacsError as exc:
-            self.servers = []
+            self.servers, load_error = [], str(exc)
         self.server_box = QComboBox()
         for s in self.servers:
             self.server_box.addItem(s.name, s.name)
@@ -454,7 +455,7 @@ class SendToPacsDialog(QDialog):
         about = QLabel(f"Study {getattr(vol, 'study_instance_uid', '?')}<br>The objects join this study on the PACS "
                        "(its identifiers are copied into their headers).")
         about.setWordWrap(True)
-        self.status = QLabel("" if self.servers else
+        self.status = QLabel(load_error if load_error or self.servers else
                              "No PACS server is configured yet \u2014 use File \u2192 Open from PACS\u2026 \u2192 "
                              "Servers\u2026")
         self.status.setWordWrap(True)

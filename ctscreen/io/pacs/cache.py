@@ -17,8 +17,6 @@ import io
 import re
 import warnings
 from pathlib import Path
-from typing import Any
-
 import pydicom
 from pydicom.dataset import Dataset
 

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ctscreen import RESEARCH_NOTICE, __version__
 from ctscreen.io.files import MONTAGE_NAME, REPORT_JSON, SEG_NAME, SLICE_PNG_PATTERN
