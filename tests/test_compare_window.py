@@ -147,9 +147,15 @@ def test_export_menu_writes_nifti_and_pdf(qtbot, pair, tmp_path):
     assert "lesions.nii.gz" in sig.args[0]
     assert sorted(p.name for p in (tmp_path / "nii").iterdir()) == ["ct.nii.gz", "lesions.nii.gz", "lung.nii.gz"]
     qtbot.waitUntil(lambda: not ex.busy, timeout=5000)
+    ex.reader_measurements = lambda: [{"id": 1, "kind": "ruler", "plane": "axial", "index": 4, "summary": "42.0 mm"}]
     with qtbot.waitSignal(ex.finished, timeout=20000):
         assert ex.export("report_pdf", prior, path=str(tmp_path / "r.pdf"))
     assert (tmp_path / "r.pdf").read_bytes().startswith(b"%PDF")
+    import shutil
+    import subprocess
+    if shutil.which("pdftotext"):  # the reader's measurements reach the PDF
+        text = subprocess.run(["pdftotext", str(tmp_path / "r.pdf"), "-"], capture_output=True, text=True).stdout
+        assert "ruler axial slice 5: 42.0 mm" in text
     # an existing file is not overwritten unless the user says yes
     qtbot.waitUntil(lambda: not ex.busy, timeout=5000)
     ex.ask_overwrite = lambda existing: False

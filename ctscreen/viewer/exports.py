@@ -133,7 +133,8 @@ class Exporter(QObject):
             "nifti": lambda: (target_path.mkdir(parents=True, exist_ok=True),
                               export.write_nifti(result, target_path, force=force))[1],
             "report_pdf": lambda: export.write_report_pdf(result, target_path, force=force,
-                                                          include_patient=self.include_patient),
+                                                          include_patient=self.include_patient,
+                                                          reader_measurements=reader_measurements),
         }
         self.last_folder = str(target_path if folder else target_path.parent)
         worker = GeneratorWorker(_run, jobs[kind])
