@@ -27,7 +27,8 @@ atypical       absence of typical or indeterminate features and       not ``ggo`
                septal thickening with pleural effusion
 =============  =====================================================  ======================================
 
-The categories are hierarchical, as in the paper: typical features win over
+A study in which no lung was found cannot be assessed: it is reported *indeterminate*
+with that reason, never *negative*. The categories are hierarchical, as in the paper: typical features win over
 indeterminate ones, which win over atypical ones (an atypical feature next to
 a typical pattern is named in the reasons but does not change the category).
 
