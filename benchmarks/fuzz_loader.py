@@ -23,6 +23,7 @@ A partial result is rewritten to ``--progress`` every 100 cases.
 Usage::
 
     nice -n 10 python benchmarks/fuzz_loader.py --cases 10000 --progress /tmp/fuzz_progress.json
+    nice -n 10 python benchmarks/fuzz_loader.py --analyze --cases 100 --timeout-s 120   # end to end
     python benchmarks/fuzz_loader.py --replay 1234      # one case, in this process, verbose
 """
 
@@ -60,7 +61,41 @@ def _bases(n_slices: int) -> list[dm.Base]:
     return bases
 
 
-def _child(conn, base: dm.Base, seed: int, timeout_s: float, mem_bytes: int, tmp_root: str) -> None:
+def _analyze_case(folder: Path, case: dm.Case) -> tuple[str, str]:
+    """``ctscreen analyze`` on the mutated series: a finished run, or exit 2 with one line and nothing written."""
+    import contextlib
+    import io
+    import traceback
+
+    from ctscreen.cli import main
+
+    out = folder.parent / "out"
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(["analyze", str(folder), "--out", str(out), "--png", "none", "--cam", "none", "--no-seg",
+                         "--device", "cpu"])
+    except MemoryError:
+        return "oom", "MemoryError escaped ctscreen analyze"
+    except BaseException as exc:  # noqa: BLE001 - a traceback would reach the user
+        return "crash", "".join(traceback.format_exception(exc))[-400:]
+    text = err.getvalue()
+    errors = [ln for ln in text.splitlines() if ln.startswith("ctscreen analyze: error:")]
+    if "Traceback" in text:
+        return "crash", text[-400:]
+    if code == 0:
+        if not (out / "report.json").exists():
+            return "crash", "exit 0 without report.json"
+        return "loaded_with_warning" if "warning:" in text else "loaded_ok", ""
+    if code == 2 and len(errors) == 1:
+        if out.exists() and any(out.iterdir()):
+            return "crash", f"failed but left {sorted(p.name for p in out.iterdir())[:5]} in --out"
+        return "refused_clear", errors[0][:200]
+    return "crash", f"exit {code}: {text[-300:]}"
+
+
+def _child(conn, base: dm.Base, seed: int, timeout_s: float, mem_bytes: int, tmp_root: str,
+           analyze: bool = False) -> None:
     """One case in a forked child: limits, build, load, classify, report through ``conn``."""
     warnings.simplefilter("ignore")
     resource.setrlimit(resource.RLIMIT_AS, (mem_bytes, mem_bytes))
@@ -75,7 +110,10 @@ def _child(conn, base: dm.Base, seed: int, timeout_s: float, mem_bytes: int, tmp
         return
     t0 = time.perf_counter()
     try:
-        outcome, detail = dm.run_case(folder / "series", case)
+        if analyze:
+            outcome, detail = _analyze_case(folder / "series", case)
+        else:
+            outcome, detail = dm.run_case(folder / "series", case)
     except MemoryError as exc:
         outcome, detail = "oom", repr(exc)[:200]
     conn.send((outcome, detail, case.kinds, time.perf_counter() - t0))
@@ -102,9 +140,14 @@ def _reference_s(bases: list[dm.Base]) -> float:
 
 
 def run(n_cases: int, seed0: int, timeout_s: float, mem_gb: float, workers: int, n_slices: int,
-        progress: str | None) -> dict:
+        progress: str | None, analyze: bool = False) -> dict:
     bases = _bases(n_slices)
     reference_s = _reference_s(bases)
+    if analyze:  # imported once here, not in every child
+        import torch  # noqa: F401
+
+        import ctscreen.cli.analyze  # noqa: F401
+        import ctscreen.inference.pipeline  # noqa: F401
     ctx = mp.get_context("fork")
     tmp_root = tempfile.mkdtemp(prefix="ctscreen-fuzz-")
     counts: Counter = Counter()
@@ -148,7 +191,7 @@ def run(n_cases: int, seed0: int, timeout_s: float, mem_gb: float, workers: int,
     def report() -> dict:
         times = sorted(case_times) or [0.0]
         return {
-            "benchmark": "fuzz_loader",
+            "benchmark": "fuzz_loader" + (" (ctscreen analyze end to end)" if analyze else ""),
             "notice": "Research use only — not for diagnosis",
             "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
             "cases_run": sum(counts.values()),
@@ -175,7 +218,7 @@ def run(n_cases: int, seed0: int, timeout_s: float, mem_gb: float, workers: int,
                 next_seed += 1
                 parent, child = ctx.Pipe(duplex=False)
                 proc = ctx.Process(target=_child, args=(child, bases[seed % len(bases)], seed, timeout_s,
-                                                        int(mem_gb * 2 ** 30), tmp_root), daemon=True)
+                                                        int(mem_gb * 2 ** 30), tmp_root, analyze), daemon=True)
                 proc.start()
                 child.close()
                 in_flight[seed] = (proc, parent, time.time())
@@ -235,12 +278,14 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=8)
     ap.add_argument("--progress", help="rewrite a partial JSON result here every 100 cases")
     ap.add_argument("--replay", type=int, help="run one seed in this process and print what happened")
+    ap.add_argument("--analyze", action="store_true",
+                    help="run `ctscreen analyze` (shipped model, CPU) on each case instead of the loader alone")
     args = ap.parse_args()
     if args.replay is not None:
         replay(args.replay, args.slices)
         return
     print(json.dumps(run(args.cases, args.seed, args.timeout_s, args.mem_gb, args.workers, args.slices,
-                         args.progress), indent=1))
+                         args.progress, args.analyze), indent=1))
 
 
 if __name__ == "__main__":
