@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ctscreen import RESEARCH_NOTICE
-from ctscreen.imaging.measurements import ZONES, _half_thickness
+from ctscreen.imaging.measurements import ZONES
 from ctscreen.imaging.result import CONSOLIDATION, GGO, LEFT_LUNG, RIGHT_LUNG
 
 #: A lesion-volume change within max(TOLERANCE_ML, TOLERANCE_FRACTION x prior) counts as unchanged.
@@ -121,6 +121,14 @@ def _num(v: Any) -> Any:
     if isinstance(v, np.integer):
         return int(v)
     return v
+
+
+def _half_thickness(z: np.ndarray, dz: float) -> np.ndarray:
+    """Half the distance to the neighbouring slices (the rule :mod:`ctscreen.imaging.measurements` uses)."""
+    if z.size < 2:
+        return np.full(z.shape, abs(dz) / 2.0)
+    gaps = np.abs(np.diff(z))
+    return (np.concatenate([[gaps[0]], gaps]) + np.concatenate([gaps, [gaps[-1]]])) / 4.0
 
 
 def _lps_z_of_slices(volume: Any) -> np.ndarray:
