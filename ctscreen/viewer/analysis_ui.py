@@ -390,7 +390,8 @@ class AnalysisUi(QObject):
         elapsed = time.perf_counter() - self._t0
         self.window.statusBar().showMessage(
             f"Analysis done in {elapsed:.0f} s: lesions {m.lesion_volume_ml:.1f} mL "
-            f"({m.percent_involved:.1f} % of the lungs), severity {m.severity_total}/30", 15000)
+            f"({m.percent_involved:.1f} % of the lungs), severity {m.severity_total}/30"
+            + (f"; screening: {result.screening.one_line()}" if getattr(result, "screening", None) else ""), 15000)
         self._update_enabled()
         self._follow_cam_layer()  # the layer may have been changed while the analysis ran
 
