@@ -30,6 +30,28 @@ Modality LUT (rescale slope/intercept, PS3.3 C.11.1) is applied; arrays are
 flipped (and if need be transposed) in-plane into radiological display order,
 see :mod:`ctscreen.imaging.volume`.
 
+Damaged and hostile input
+-------------------------
+Nothing a folder holds may hang, crash or exhaust the loader, or reach the
+measurements with a broken geometry unsaid (``tests/test_fuzz.py``,
+``benchmarks/fuzz_loader.py``):
+
+* only regular files are opened (pipes, sockets and devices are skipped with a
+  note; a FIFO never blocks), headers are parsed within :data:`HEADER_BUDGET_BYTES`
+  and stop at zero-filled bytes, a deflated dataset is inflated within the same
+  budget, and decoding reads a file only up to the end of its pixel data;
+* NumberOfFrames is checked against what the pixel data holds before anything is
+  allocated, compressed frames against Rows/Columns before a decoder sees them,
+  and a volume that cannot fit in memory is refused with the sizes;
+* ImageOrientationPatient must be two perpendicular unit vectors
+  (:data:`ORIENTATION_TOL`), positions finite and within :data:`MAX_POSITION_MM`,
+  pixel and slice spacing plausible for CT; an invalid value is not used, the
+  slices are named in a warning, and where no valid value is left the series is
+  not analysable with the reason; a modality LUT that puts the median density
+  far outside the CT range makes it not analysable too;
+* every skipped, duplicate or estimated slice is named in a warning, and
+  ``z_mm`` always has one entry per slice of the volume.
+
 Decoding speed (measured on COVID-CT-MD P001, 148 JPEG Lossless slices, 2 cores)
 -------------------------------------------------------------------------------
 pylibjpeg-libjpeg holds the GIL, so threads do not help it (about 1.5 s serial or
