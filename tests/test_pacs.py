@@ -291,13 +291,16 @@ def test_cli_pull_list_retrieve_and_push_result_dir_by_cstore(orthanc, study, an
     out_dir.mkdir()
     export_all(analysed, out_dir, pdf=True)
     write_montage_png(analysed, out_dir / "montage.png")
+    with connect(dimse(orthanc)) as pacs:
+        docs_before = {s.series_instance_uid for s in pacs.find_series(study_uid) if s.modality == "DOC"}
     code = cli_main(["push", str(out_dir), "--dimse", f"{AET}@127.0.0.1:{orthanc.dicom_port}",
                      "--max-key-images", "1"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "sent 4 of 4 objects" in captured.out and "1 SEG" in captured.out and "1 report" in captured.out
     with connect(dimse(orthanc)) as pacs:  # the report sits beside the study as a document
-        docs = [s for s in pacs.find_series(study_uid) if s.modality == "DOC"]
+        docs = [s for s in pacs.find_series(study_uid) if s.modality == "DOC"
+                and s.series_instance_uid not in docs_before]
     assert len(docs) == 1 and docs[0].description.startswith("ctscreen report")
     # Pushing the same folder again gives the same UIDs: the PACS does not grow a second copy.
     with connect(web(orthanc)) as pacs:
