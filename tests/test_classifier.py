@@ -179,9 +179,20 @@ def test_train_classifier_three_classes_from_a_flat_folder(tmp_path):
     (data / "influenza_a").mkdir()
     for i in range(3):
         cv2.imwrite(str(data / "influenza_a" / f"f{i}.png"), np.full((40, 40), 110 + i, np.uint8))
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(extra / f"e{i}.jpg"), np.full((40, 40), 180, np.uint8))
+    # a binary model starts the three-way one: the encoder and embedding are copied, the head is new
+    binary = C.SliceClassifier(num_classes=2)
+    C.save_classifier(binary, C.CLASSES_BINARY, tmp_path / "bin.pt", {"version": "bin-1"})
     res = T.train_classifier(data, tmp_path / "three.pt", epochs=1, size=32, batch_size=4, device="cpu",
-                             init="none", quiet=True)
-    assert res["card"]["classes"] == ["covid19", "influenza_a", "no_pneumonia"]
+                             init=str(tmp_path / "bin.pt"), quiet=True, extra_covid=[extra])
+    card = res["card"]
+    assert card["classes"] == ["covid19", "influenza_a", "no_pneumonia"]
+    assert "bin-1" in card["init_note"] and card["data"]["extra_covid_training"] == ["extra: 2 images"]
+    # 3 covid19 images: 1 to validation, 2 + the 2 extra to training (extra images never validate)
+    assert card["data"]["val_counts"]["covid19"] == 1 and card["data"]["train_counts"]["covid19"] == 4
     clf = C.load_classifier(tmp_path / "three.pt", device="cpu")
     p = C.slice_probabilities(clf, np.full((2, 40, 40), -800, np.int16))
     assert p.shape == (2, 3) and np.allclose(p.sum(axis=1), 1.0, atol=1e-5)

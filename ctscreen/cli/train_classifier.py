@@ -20,8 +20,11 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--out", required=True, help="weights file to write (.pt); the model card goes beside it")
     t.add_argument("--head", choices=["cosine", "linear"], default="cosine",
                    help="feature-normalised softmax (cosine, default) or a plain linear head")
-    t.add_argument("--init", choices=["seg-encoder", "none"], default="seg-encoder",
-                   help="start from the shipped segmentation UNet's encoder (default) or from scratch")
+    t.add_argument("--init", default="seg-encoder",
+                   help="seg-encoder (the shipped segmentation UNet's encoder, default), none (from scratch), "
+                        "or a classifier .pt to fine-tune (e.g. the shipped one)")
+    t.add_argument("--extra-covid", action="append", default=[], metavar="DIR",
+                   help="extra COVID-19 images for training only (a COVID-SemiSeg folder: its lesion slices); repeatable")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--minutes", type=float, default=None, help="training time budget")
     g.add_argument("--epochs", type=int, default=None, help="number of epochs (default 30)")
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         res = train_classifier(Path(args.data), out, head=args.head, init=args.init, minutes=args.minutes,
                                epochs=args.epochs, seed=args.seed, device=args.device, size=args.size,
                                batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
-                               threads=args.threads, quiet=args.quiet, command=command, log=log)
+                               threads=args.threads, quiet=args.quiet, command=command, log=log,
+                               extra_covid=[Path(d) for d in args.extra_covid])
     finally:
         if log:
             log.close()

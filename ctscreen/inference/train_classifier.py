@@ -165,6 +165,54 @@ def split_by_group(s: ImageSet, val_fraction: float, seed: int) -> tuple[ImageSe
     return pick(False), pick(True)
 
 
+def extra_covid_images(root: Path, per_volume: int = 10, min_lesion_fraction: float = 0.005
+                       ) -> tuple[list[np.ndarray], list[str], str]:
+    """Extra COVID-19 training images from ``root``.
+
+    A COVID-SemiSeg folder (``train/Imgs`` + ``pseudo/Imgs`` with ``pseudo/GT``) gives all of
+    ``train/Imgs`` (radiologist-labelled lesion slices) and, per pseudo-labelled volume, up to
+    ``per_volume`` evenly spaced slices whose mask covers at least ``min_lesion_fraction`` of
+    the image (slices with visible lesions; a COVID patient's lesion-free slice is no COVID
+    example). Any other folder: every image in it (recursively).
+    """
+    import cv2
+    import re
+
+    files: list[Path] = []
+    if (root / "train" / "Imgs").is_dir() and (root / "pseudo" / "Imgs").is_dir():
+        files += _images_in(root / "train" / "Imgs")
+        n_train = len(files)
+        by_vol: dict[str, list[tuple[int, Path]]] = {}
+        for f in _images_in(root / "pseudo" / "Imgs"):
+            m = re.match(r"(.+)_(\d+)$", f.stem)
+            if m:
+                by_vol.setdefault(m.group(1), []).append((int(m.group(2)), f))
+        for vol, items in sorted(by_vol.items()):
+            lesion = []
+            for k, f in sorted(items):
+                gt = cv2.imread(str(root / "pseudo" / "GT" / f"{f.stem}.png"), cv2.IMREAD_GRAYSCALE)
+                if gt is not None and (gt > 127).mean() >= min_lesion_fraction:
+                    lesion.append(f)
+            if lesion:
+                pick = sorted({int(round(j)) for j in np.linspace(0, len(lesion) - 1, min(per_volume, len(lesion)))})
+                files += [lesion[j] for j in pick]
+        note = (f"{root.name}: {n_train} labelled slices + {len(files) - n_train} pseudo-labelled lesion slices "
+                f"from {len(by_vol)} volumes (<= {per_volume} per volume, mask >= {min_lesion_fraction:.1%} of the image)")
+    else:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        note = f"{root.name}: {len(files)} images"
+    if not files:
+        raise DataError(f"{root}: no images for --extra-covid")
+    imgs, names = [], []
+    for f in files:
+        try:
+            imgs.append(_shrink(C.read_gray_image(f)))
+            names.append(f"extra/{f.name}")
+        except ValueError as exc:
+            print(f"skipped: {exc}", file=sys.stderr)
+    return imgs, names, note
+
+
 # ---------------------------------------------------------------- augmentation
 
 def augment(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -304,8 +352,13 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
                      minutes: float | None = None, epochs: int | None = None, seed: int = 0,
                      device: str = "auto", size: int = C.INPUT_SIZE, batch_size: int = 32, lr: float = 1e-3,
                      val_fraction: float = 0.2, threads: int | None = None, quiet: bool = False,
-                     command: str = "", log: Any = None) -> dict[str, Any]:
-    """Train a classifier on ``data`` and write ``out`` (.pt) with its model card (.md, .json)."""
+                     command: str = "", log: Any = None, extra_covid: list[Path] | None = None) -> dict[str, Any]:
+    """Train a classifier on ``data`` and write ``out`` (.pt) with its model card (.md, .json).
+
+    ``init`` is ``seg-encoder``, ``none`` or a classifier ``.pt`` to fine-tune (tensors whose
+    shapes match are copied: a binary model can start a three-way one). ``extra_covid`` folders
+    add COVID-19 images to the *training* part only (see :func:`extra_covid_images`).
+    """
     t_start = time.time()
     if threads:
         torch.set_num_threads(int(threads))
@@ -325,6 +378,15 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
         tr, va = split_by_group(full, val_fraction, seed)
         split = (f"seeded ({seed}) split by study/image, stratified: {len(set(tr.groups))} train / "
                  f"{len(set(va.groups))} val groups ({len(tr.images)} / {len(va.images)} images)")
+    extra_note = []
+    for ex in extra_covid or []:
+        if "covid19" not in classes:
+            raise DataError(f"--extra-covid needs a covid class folder in {data}")
+        imgs, names, note = extra_covid_images(Path(ex))
+        ci = classes.index("covid19")
+        tr = ImageSet(tr.images + imgs, np.concatenate([tr.labels, np.full(len(imgs), ci, np.int64)]),
+                      tr.names + names, tr.groups + names)
+        extra_note.append(note)
     if len(np.unique(tr.labels)) < 2:
         raise DataError(f"{data}: the training part needs images of at least two classes")
     net = C.SliceClassifier(num_classes=len(classes), head=head).to(dev)
@@ -337,10 +399,23 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
                      f"{unet.get('card', {}).get('version', 'unet')}; trained on COVID-SemiSeg slices)")
         net.to(dev)
     elif init != "none":
-        raise DataError(f"--init must be seg-encoder or none, not {init!r}")
+        src = Path(init)
+        if not src.is_file():
+            raise DataError(f"--init must be seg-encoder, none or a classifier .pt file; {init!r} is none of these")
+        blob = torch.load(src, map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or blob.get("format") != C.FORMAT:
+            raise DataError(f"{src}: not a ctscreen classifier file to fine-tune")
+        own = net.state_dict()
+        take = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()
+                if k in own and own[k].shape == v.shape}
+        own.update(take)
+        net.load_state_dict(own)
+        net.to(dev)
+        init_note = (f"fine-tuned from classifier {src.name} ({(blob.get('card') or {}).get('version', '?')}; "
+                     f"{len(take)} of {len(own)} tensors copied)")
     enc_params = [p for n_, p in net.named_parameters() if n_.startswith("enc.")]
     head_params = [p for n_, p in net.named_parameters() if not n_.startswith("enc.")]
-    enc_lr = lr * (0.3 if init == "seg-encoder" else 1.0)
+    enc_lr = lr * (1.0 if init == "none" else 0.3)
     opt = torch.optim.AdamW([{"params": enc_params, "lr": enc_lr, "base": enc_lr},
                              {"params": head_params, "lr": lr, "base": lr}], weight_decay=5e-4)
     # class-balanced sampling weights via the loss
@@ -430,7 +505,7 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
         "parameters": int(sum(p.numel() for p in net.parameters())),
         "intensity": "8-bit lung-window image / 255; DICOM: HU window [-1080, 255] -> [0, 1] after the thorax crop "
                      "(ctscreen.inference.preprocess)",
-        "data": {"root": str(data), "split": split, "classes": list(classes),
+        "data": {"root": str(data), "split": split, "classes": list(classes), "extra_covid_training": extra_note,
                  "train_counts": {c: int((tr.labels == i).sum()) for i, c in enumerate(classes)},
                  "val_counts": {c: int((va.labels == i).sum()) for i, c in enumerate(classes)}},
         "augmentation": ("random resized crop (60-100 % area, aspect 3:4-4:3), rotation +-15 deg, left-right flip, "
@@ -482,6 +557,7 @@ def write_card(out: Path, card: dict[str, Any]) -> None:
         "", "## Data", "",
         f"- Folder: `{card['data']['root']}`",
         f"- Split: {card['data']['split']}",
+        *[f"- Extra COVID-19 training images (never validated on): {n}" for n in card['data'].get('extra_covid_training', [])],
         f"- Training images per class: {card['data']['train_counts']}",
         f"- Validation images per class: {card['data']['val_counts']}",
         f"- Augmentation: {card['augmentation']}",
