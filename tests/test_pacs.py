@@ -55,12 +55,26 @@ def source_files() -> dict[str, Path]:
     return out
 
 
+#: A second, synthetic study on the server: found by name and accession number.
+SYNTHETIC = {"PatientName": "Synthetic^Patient", "PatientID": "SYN-001", "AccessionNumber": "ACC-PACS-1",
+             "StudyDate": "20211111"}
+
+
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory, source_files):
+    from conftest import synthetic_series
+
     server = OrthancServer(tmp_path_factory.mktemp("orthanc"))
     server.start()
     try:
         server.upload(list(source_files.values()))
+        syn = synthetic_series(tmp_path_factory.mktemp("synthetic"), n=2)
+        for path in syn.paths:
+            ds = pydicom.dcmread(path)
+            for kw, value in SYNTHETIC.items():
+                setattr(ds, kw, value)
+            ds.save_as(path, enforce_file_format=True)
+        server.upload(syn.paths)
         yield server
     finally:
         server.stop()
@@ -108,6 +122,13 @@ def test_find_by_patient_date_modality_and_list_series(orthanc, study, kind):
         assert pacs.find_studies(StudyQuery.from_text(date_range="19990101-19991231")) == []
         assert pacs.find_studies(StudyQuery(patient_id="NOBODY-42")) == []
         assert pacs.find_studies(StudyQuery(accession_number="NO-SUCH-ACC")) == []
+        by_name = pacs.find_studies(StudyQuery(patient_name="Synthetic"))  # "starts with"
+        assert [(st.patient_id, st.accession_number, st.study_date) for st in by_name] == [
+            ("SYN-001", "ACC-PACS-1", "20211111")]
+        assert by_name[0].patient_name == "Synthetic^Patient"
+        assert [st.patient_id for st in pacs.find_studies(StudyQuery(accession_number="ACC-PACS-1"))] == ["SYN-001"]
+        assert [st.patient_id for st in pacs.find_studies(StudyQuery.from_text(date_range="20211111"))] == ["SYN-001"]
+        assert pacs.find_studies(StudyQuery(patient_name="Nobody")) == []
         assert pacs.find_studies(StudyQuery(modality="MR")) == []
         series = pacs.find_series(study_uid)
         ct = [s for s in series if s.modality == "CT"]

@@ -51,6 +51,23 @@ def _http_message(server: ServerConfig, exc: BaseException, action: str) -> str:
     return f"PACS {where} failed while {action}: {exc} \u2014 check the server settings"
 
 
+def _session_class() -> type:
+    """A ``requests.Session`` that sends the DICOM wildcards ``*`` and ``?`` of QIDO-RS matching keys
+    unescaped: RFC 3986 allows them in a query, and some servers (Orthanc 1.10's DICOMweb plugin)
+    do not decode ``%2A`` and so would match a name search literally."""
+    import requests
+
+    class _Session(requests.Session):
+        def send(self, request, **kwargs):  # type: ignore[override]
+            url = request.url or ""
+            if "?" in url:
+                head, _, query = url.partition("?")
+                request.url = head + "?" + query.replace("%2A", "*").replace("%3F", "?")
+            return super().send(request, **kwargs)
+
+    return _Session
+
+
 class DicomWebClient:
     """Query, retrieve and store on one DICOMweb server.
 
@@ -61,11 +78,10 @@ class DicomWebClient:
     """
 
     def __init__(self, server: ServerConfig) -> None:
-        import requests
         from dicomweb_client.api import DICOMwebClient
 
         self.server = server.validate()
-        session = requests.Session()
+        session = _session_class()()
         session.verify = bool(server.verify_tls)
         headers = {}
         if server.auth == "basic":
