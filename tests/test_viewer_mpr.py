@@ -18,6 +18,7 @@ from PySide6.QtCore import QPointF
 from PySide6.QtGui import QImage
 
 from ctscreen import RESEARCH_NOTICE
+from ctscreen.imaging import planes
 from ctscreen.imaging.measurements import measure_volume
 from ctscreen.imaging.result import CONSOLIDATION, GGO, LEFT_LUNG, RIGHT_LUNG, AnalysisResult
 from ctscreen.imaging.volume import Volume
@@ -142,6 +143,15 @@ def test_overlays_in_every_plane(window, qtbot):
     assert rgba[18, 54, 3] == 255 and rgba[0, 0, 3] == 0  # consolidation core voxel shown, air not
     assert cor_layers.cam_item.isVisible() and cor_layers.cam_item.image[17].max() == pytest.approx(0.8, abs=1e-3)
     assert cor_layers.cam_item.image[5].max() == 0  # no map on that slice: transparent
+    # The sagittal pane reads x-major copies: the same pixels as the direct cut, and a map computed
+    # later (as Grad-CAM on demand adds them) shows up.
+    sag_layers = layout.overlays["sagittal"]
+    x = layout.sagittal.slice_index
+    assert np.array_equal(sag_layers.lesion_item.image[..., 3] > 0, result.lesion[:, :, x] > 0)
+    assert np.array_equal(sag_layers.cam_item.image, planes.cam_plane(result.cam, "sagittal", x, result.lesion.shape))
+    result.cam[20] = np.full(result.lesion.shape[1:], 0.3, np.float16)
+    layout.sagittal.set_slice(x + 1)
+    assert sag_layers.cam_item.image[20].max() == pytest.approx(0.3, abs=1e-3)
     window.analysis_ui.lesions_action.setChecked(False)  # toggles reach every pane
     assert not cor_layers.lesion_item.isVisible() and not layout.overlays["sagittal"].lesion_item.isVisible()
 
