@@ -106,18 +106,27 @@ def result_key(study: Study, options: BatchOptions) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def model_identity(model: str | None) -> str:
-    """``name:sha256[:16]`` of the model's weights file (the shipped default when ``model`` is None)."""
+def _file_sha(path: Path) -> str:
     import hashlib
 
-    from ctscreen.inference.models import model_path
-
-    path = model_path(model)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return f"{path.stem}:{h.hexdigest()[:16]}"
+    return h.hexdigest()[:16]
+
+
+def model_identity(model: str | None) -> str:
+    """``name:sha256[:16]`` of the segmentation weights, ``+classifier:sha256[:16]`` of the shipped screening
+    classifier when there is one (the pipeline uses it for the verdict), so new weights of either re-run a study."""
+    from ctscreen.inference.models import MODELS_DIR, model_path
+
+    path = model_path(model)
+    ident = f"{path.stem}:{_file_sha(path)}"
+    clf = MODELS_DIR / "classifier.pt"
+    if clf.is_file():
+        ident += f"+classifier:{_file_sha(clf)}"
+    return ident
 
 
 # --------------------------------------------------------------------------- per-process model cache
