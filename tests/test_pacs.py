@@ -479,6 +479,14 @@ def test_viewer_open_from_pacs_retrieves_and_opens_the_series(orthanc, study, tm
     qtbot.waitUntil(lambda: dialog.tree.topLevelItemCount() == 1 and dialog.tree.topLevelItem(0).childCount() >= 1
                     and not dialog._busy(), timeout=20000)
     assert dialog.selected_series().series_instance_uid == series_uid  # the CT series is preselected
+    retrieved = []
+    dialog.seriesRetrieved.connect(retrieved.append)
+    dialog.retrieve_selected()
+    assert dialog.cancel_button.isEnabled()
+    dialog.cancel_button.click()  # Cancel: nothing is opened, complete files stay for the next try
+    qtbot.waitUntil(lambda: not dialog._busy(), timeout=20000)
+    assert retrieved == [] and "Cancelled" in dialog.status.text()
+    assert not dialog.cancel_button.isEnabled() and dialog.retrieve_button.isEnabled()
     with qtbot.waitSignal(window.volumeLoaded, timeout=30000) as loaded:
         dialog.retrieve_selected()
     volume = loaded.args[0]
