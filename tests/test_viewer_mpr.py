@@ -93,6 +93,10 @@ def test_layouts_show_the_planes_with_true_spacing(window, qtbot):
     assert np.array_equal(cor.image_item.image, cor._lut.to_uint8(window.slice_view.volume.hu[:, cor.slice_index]))
     with pytest.raises(ValueError, match="unknown layout"):
         window.reading.set_layout("3x3")
+    # The layout is remembered for the next window (same settings).
+    again = MainWindow(settings=window.settings, interactive=False)
+    qtbot.addWidget(again)
+    assert again.reading.layout.name == "2x2"
 
 
 def test_crosshair_links_the_panes(window, qtbot):

@@ -137,7 +137,8 @@ class MainWindow(QMainWindow):
         self.analysis = self.analysis_ui.controller
         #: Layouts (axial / 1x3 / 2x2), linked crosshair, measuring tools, lesion navigator.
         self.reading = ReadingUi(self, self.slice_view, self.analysis_ui.overlays, self.analysis, self.volumeLoaded,
-                                 self.view_menu, self.file_menu, self.quit_action, self.analysis_ui.dock)
+                                 self.view_menu, self.file_menu, self.quit_action, self.analysis_ui.dock,
+                                 self.settings)
         self.analysis_ui.exporter.reader_measurements = self.reading.tools.store.to_dicts  # into report.json
 
         self.resize(1360, 860)

@@ -45,11 +45,13 @@ class ReadingUi(QObject):
         Where the layout entries and "Save view as PNG…" go (the latter before ``before``).
     tabify_with : QDockWidget, optional
         The right-hand dock the Lesions and Measurements docks join as tabs.
+    settings : ViewerSettings, optional
+        Remembers the layout between sessions (``view/layout``).
     """
 
     def __init__(self, window: QMainWindow, axial: SliceView, overlays: OverlayLayers, analysis: Any,
                  volume_loaded: Any, view_menu: QMenu, file_menu: QMenu, before: QAction | None = None,
-                 tabify_with: QDockWidget | None = None) -> None:
+                 tabify_with: QDockWidget | None = None, settings: Any = None) -> None:
         super().__init__(window)
         self._window = window
         if window.centralWidget() is axial:
@@ -135,6 +137,12 @@ class ReadingUi(QObject):
 
         volume_loaded.connect(self._on_volume)
         analysis.finished_ok.connect(self._on_result)
+        self._settings = settings
+        if settings is not None:
+            remembered = settings.value("view/layout", "axial")
+            if remembered in LAYOUTS:
+                self.set_layout(remembered)
+            self.layout.layoutChanged.connect(lambda name: settings.set_value("view/layout", name))
 
     def _dock(self, title: str, name: str, widget: Any, tabify_with: QDockWidget | None) -> QDockWidget:
         dock = QDockWidget(title, self._window)
