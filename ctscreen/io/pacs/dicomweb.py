@@ -191,6 +191,7 @@ class DicomWebClient:
                                  study_instance_uid=study_uid, series_instance_uid=series_uid,
                                  sop_instance_uid=u, media_types=_AS_STORED) for u in missing)
         iterator = iter(source)
+        received: set[str] = set()
         try:
             while True:
                 if cancel():
@@ -201,6 +202,7 @@ class DicomWebClient:
                 except StopIteration:
                     break
                 status = cache.put(ds)
+                received.add(str(getattr(ds, "SOPInstanceUID", "")))
                 done += 1
                 if status == "same":
                     skipped += 1
@@ -211,6 +213,11 @@ class DicomWebClient:
             if close is not None:
                 close()
             cache.finish()
+        lacking = [u for u in missing if u not in received]
+        if lacking:
+            raise PacsError(f"PACS {self.server.describe()} sent {len(missing) - len(lacking)} of the {len(missing)} "
+                            f"missing instances of series {series_uid} \u2014 retrieve again to resume; if it persists "
+                            "see the PACS log")
         return RetrieveResult(str(cache.folder), cache.files(), len(cache.written), skipped, cache.warnings)
 
     # -- store -----------------------------------------------------------------------------------
