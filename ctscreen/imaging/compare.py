@@ -265,12 +265,30 @@ def register(prior: Any, current: Any) -> Registration:
 
 
 def _pair_counts(result: Any) -> np.ndarray:
-    """``[slice, lesion label 0..2, lung label 0..2]`` voxel counts."""
+    """``[slice, lesion label 0..2, lung label 1..2 at index 1..2]`` voxel counts inside the lungs.
+
+    Index 0 of the lung axis (outside the lungs) is left 0: no figure here uses it.
+    Boolean passes over the lungs' bounding box (P001: about 10x faster than a bincount
+    of the whole volume in int64).
+    """
     lesion = np.asarray(result.lesion)
     lung = np.asarray(result.lung)
     nz = lesion.shape[0]
-    pair = lesion.astype(np.int64).reshape(nz, -1) * 3 + lung.astype(np.int64).reshape(nz, -1)
-    return np.stack([np.bincount(row, minlength=9)[:9] for row in pair]).reshape(nz, 3, 3)
+    counts = np.zeros((nz, 3, 3), np.int64)
+    rows = np.flatnonzero(lung.any(axis=(0, 2)))
+    cols = np.flatnonzero(lung.any(axis=(0, 1)))
+    if rows.size == 0:
+        return counts
+    box = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    les_b, lung_b = lesion[box], lung[box]
+    ggo, cons = les_b == GGO, les_b == CONSOLIDATION
+    for lab in (RIGHT_LUNG, LEFT_LUNG):
+        in_lung = lung_b == lab
+        total = in_lung.sum(axis=(1, 2))
+        counts[:, GGO, lab] = (ggo & in_lung).sum(axis=(1, 2))
+        counts[:, CONSOLIDATION, lab] = (cons & in_lung).sum(axis=(1, 2))
+        counts[:, 0, lab] = total - counts[:, GGO, lab] - counts[:, CONSOLIDATION, lab]
+    return counts
 
 
 _SIDES = {"right": RIGHT_LUNG, "left": LEFT_LUNG}
