@@ -203,3 +203,4 @@ def test_file_menu_compare_with(qtbot, pair, tmp_path, monkeypatch):
     assert cw.comparison.registration.offset_mm == pytest.approx((-12.0, 8.0, -37.0), abs=1.5)
     assert cw.prior_view.volume.shape == prior.volume.shape
     cw.close()
+    assert win._compare_windows == []  # a closed comparison no longer holds its studies

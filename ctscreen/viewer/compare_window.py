@@ -120,6 +120,7 @@ class CompareWindow(QMainWindow):
 
     comparisonReady = Signal(object)
     failed = Signal(str)
+    closed = Signal()
 
     def __init__(self, current: Any = None, prior: Any = None, parent: QWidget | None = None, *,
                  model: str | None = None, device: str = "auto", quiet: bool = False) -> None:
@@ -262,6 +263,7 @@ class CompareWindow(QMainWindow):
         if self._worker is not None:
             self._worker.cancel()
         super().closeEvent(ev)
+        self.closed.emit()
 
     # -- showing ------------------------------------------------------------------------------
     def set_comparison(self, cmp: Any) -> None:
@@ -411,7 +413,7 @@ def compare_with(main_window: Any) -> CompareWindow | None:
     win = CompareWindow(current=current, prior=folder, parent=None, model=getattr(controller, "model", None),
                         device=getattr(controller, "device", "auto") or "auto")
     keep = main_window.__dict__.setdefault("_compare_windows", [])
-    keep.append(win)
-    win.destroyed.connect(lambda *_: keep.remove(win) if win in keep else None)
+    keep.append(win)  # a closed window lets go of its two studies
+    win.closed.connect(lambda: keep.remove(win) if win in keep else None)
     win.show()
     return win
