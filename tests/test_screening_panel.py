@@ -94,6 +94,7 @@ def test_without_classifier_the_panel_says_why(qtbot, result):
     r = dataclasses.replace(result, screening=assess_result(result), warnings=(warn,))
     panel = ScreeningPanel(compute=fake_compute)
     qtbot.addWidget(panel)
+    panel.show()
     panel.set_result(r)
     assert panel.prob_box.isHidden() and "classifier weights not found" in panel.prob_note.text()
     assert panel.top_buttons == []
@@ -117,6 +118,14 @@ def test_results_dock_has_the_verdict_line_and_screening_tab(qtbot, result):
     with qtbot.waitSignal(panel.sliceRequested) as jump:
         panel.screening.top_buttons[0].click()
     assert jump.args == [TOP[0]]
+    # hidden behind the Lesions tab the panel draws nothing and computes nothing while the user scrolls
+    panel.tabs.setCurrentIndex(0)
+    assert not panel.screening.isVisible()
+    panel.set_current_slice(44)
+    assert panel.screening.index == 44 and not panel.screening.cam._timer.isActive()
+    assert "slice 45" not in panel.screening.seg_caption.text()
+    panel.tabs.setCurrentWidget(panel.screening)  # shown again: the slice on screen is drawn
+    assert "slice 45" in panel.screening.seg_caption.text()
     panel.set_result(None)
     assert not panel.verdict.isVisible() and panel.screening.table.rowCount() == 0
     panel.screening.shutdown()

@@ -195,6 +195,12 @@ class ClassifierCamOnDemand(QObject):
         self.error = ""
         self._maps.clear()
 
+    def set_active(self, active: bool) -> None:
+        """Inactive (the panel hidden), nothing is scheduled; a map being computed still lands in the cache."""
+        self.active = bool(active)
+        if not self.active:
+            self._timer.stop()
+
     @property
     def available(self) -> bool:
         """A classifier ran for this result (so its Grad-CAM can be computed)."""
@@ -472,9 +478,23 @@ class ScreeningPanel(QWidget):
 
     # -- the two Grad-CAMs of the slice on screen ---------------------------------------------------------
     def set_current_slice(self, k: int) -> None:
+        """The slice on screen changed. Hidden (another tab, dock closed), the panel only remembers it:
+        no picture is drawn and no classifier map computed, so scrolling costs nothing here."""
         self.index = int(k)
+        if not self.isVisible():
+            return
         self.cam.slice_changed(self.index)
         self._update_cams()
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        self.cam.set_active(True)
+        self.cam.slice_changed(self.index)
+        self._update_cams()
+
+    def hideEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        super().hideEvent(event)
+        self.cam.set_active(False)
 
     def _on_map_ready(self, k: int) -> None:
         if k == self.index:
