@@ -4,15 +4,19 @@ Prints one JSON object. For each device: wall time of the whole command as a
 user runs it (scan + model + load + lung mask + segmentation + Grad-CAM +
 measurements + export), split by stage, slices, ms per slice, the projection to
 150 slices against the 60 s target for the CPU, and the on-demand Grad-CAM
-latency of one slice (the viewer's path, target 0.3 s on the CPU). The
-reference measured in the same run is the plain series load
-(:func:`ctscreen.io.dicom.load_series`), with every stage's ratio to it,
-so numbers from a busy or a different machine can still be compared.
+latency of one slice (the viewer's path, target 0.3 s on the CPU). Two
+references are measured in the same run: the plain series load
+(:func:`ctscreen.io.dicom.load_series`), with every stage's ratio to it, and,
+with ``--previous REV`` (default :data:`PREVIOUS_RELEASE`), the **previous
+release** - that commit's own code, exported with ``git archive`` and run in a child
+process, interleaved with the current code (previous, current, previous, ...) so a
+busy machine slows both alike - with every stage's ratio current / previous.
 
 Usage::
 
     python benchmarks/analyze.py FOLDER [--device cpu|cuda|all] [--model unet|deeplab|FILE]
                                  [--cam none|lesions|all] [--repeat N] [--threads N] [--batch-size N]
+                                 [--previous REV|none]
 """
 
 from __future__ import annotations
@@ -37,7 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ctscreen.cli import _parser  # noqa: E402
 from ctscreen.cli.analyze import analyze_folder  # noqa: E402
 
-STAGES = ("scan", "model", "load", "lung_mask", "segmentation", "gradcam", "measurements", "export")
+STAGES = ("scan", "model", "load", "lung_mask", "segmentation", "postprocess", "gradcam", "measurements", "export")
+#: The last commit before issue 9 (one TTA view on the CPU, HiResCAM at decoder1, 3-D clean-up, NHWC weights).
+PREVIOUS_RELEASE = "cd73bdb"
+TARGET_CPU_150_S_ISSUE9 = 15.0
 TARGET_CPU_150_S = 60.0
 TARGET_CAM_SLICE_S = 0.3
 
@@ -137,6 +144,81 @@ def bench_device(folder: str, device: str, model: str | None, cam: str, repeat: 
     return out
 
 
+_CHILD = r"""
+import json, os, sys, tempfile, time
+sys.path.insert(0, sys.argv[1])
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+if int(sys.argv[5]):
+    torch.set_num_threads(int(sys.argv[5]))
+from ctscreen.cli import _parser
+from ctscreen.cli.analyze import analyze_folder
+with tempfile.TemporaryDirectory(prefix="ctscreen-bench-") as out:
+    argv = ["analyze", sys.argv[2], "--out", out, "--device", sys.argv[3], "--cam", sys.argv[4], "--force"]
+    args = _parser().parse_args(argv)
+    t = time.perf_counter()
+    run = analyze_folder(args, show_progress=False)
+    wall = time.perf_counter() - t
+import numpy as np
+r = run.result
+print(json.dumps({"total_s": wall, "timings_s": dict(r.timings_s), "code": sys.argv[1],
+                  "cam_layer": r.cam_layer, "cam_method": getattr(r, "cam_method", ""),
+                  "lesion_ml": float(r.measurements.lesion_volume_ml),
+                  "lesion_slices": int(np.count_nonzero(r.lesion.reshape(r.lesion.shape[0], -1).any(axis=1)))}))
+"""
+
+
+def _export_commit(rev: str, dest: Path) -> Path:
+    """``git archive`` of ``rev`` into ``dest`` (the weights come with it)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def _child_run(code_root: Path, folder: str, device: str, cam: str, threads: int) -> dict:
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(code_root), folder, device, cam, str(threads)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"analyze run of {code_root} failed: {proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    staged = sum(out["timings_s"].get(s, 0.0) for s in STAGES)
+    out["timings_s"]["scan"] = max(0.0, out["total_s"] - staged)
+    return out
+
+
+def compare_previous(folder: str, rev: str, device: str, cam: str, repeat: int, threads: int) -> dict:
+    """Previous release vs current code, interleaved, best of ``repeat`` each; ratios current / previous."""
+    current = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="ctscreen-prev-") as tmp:
+        prev_root = _export_commit(rev, Path(tmp))
+        # the shared data is found beside the repository: give the exported copy the same neighbour
+        runs: dict[str, list[dict]] = {"previous": [], "current": []}
+        for _ in range(max(1, repeat)):
+            runs["previous"].append(_child_run(prev_root, folder, device, cam, threads))
+            runs["current"].append(_child_run(current, folder, device, cam, threads))
+    best = {k: min(v, key=lambda r: r["total_s"]) for k, v in runs.items()}
+    stages = {k: {s: round(best[k]["timings_s"].get(s, 0.0), 3) for s in STAGES} for k in best}
+    ratio = {s: (round(stages["current"][s] / stages["previous"][s], 3) if stages["previous"][s] > 0 else None)
+             for s in STAGES}
+    ratio["total"] = round(best["current"]["total_s"] / best["previous"]["total_s"], 3)
+    return {
+        "previous_release": rev,
+        "runs_total_s": {k: [round(r["total_s"], 2) for r in v] for k, v in runs.items()},
+        "total_s": {k: round(best[k]["total_s"], 2) for k in best},
+        "stages_s": stages,
+        "ratio_current_to_previous": ratio,
+        "speed_up": round(best["previous"]["total_s"] / best["current"]["total_s"], 2),
+        "grad_cam": {k: f"{best[k]['cam_method'] or 'seg-gradcam'} @ {best[k]['cam_layer']}" for k in best},
+        "lesion_ml": {k: round(best[k]["lesion_ml"], 2) for k in best},
+        "lesion_slices": {k: best[k]["lesion_slices"] for k in best},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder")
@@ -146,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="runs per device; the fastest is reported")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--batch-size", type=int, default=0, help="slices per forward pass (0: the command's default)")
+    p.add_argument("--previous", default=PREVIOUS_RELEASE,
+                   help="git revision of the previous release to compare with, in child processes ('none': skip)")
+    p.add_argument("--only-previous", action="store_true",
+                   help="only the previous-release comparison (skip the in-process runs and the one-slice latency)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -165,6 +251,20 @@ def main(argv: list[str] | None = None) -> int:
         "reference": {"what": "plain load_series of the same folder, best of 2", "seconds": round(ref_s, 3)},
         "devices": {},
     }
+    if a.previous != "none":
+        report["previous_release"] = {dev: compare_previous(a.folder, a.previous, dev, a.cam, max(1, a.repeat),
+                                                            a.threads) for dev in devices}
+        for dev, cmp in report["previous_release"].items():
+            n = None
+            if dev == "cpu":
+                from ctscreen.io.dicom import scan_folder
+
+                n = max(s.slice_count for s in scan_folder(a.folder).series)
+                cmp["projected_150_slices_s"] = {k: round(v * 150 / n, 1) for k, v in cmp["total_s"].items()}
+                cmp["target_150_slices_s"] = TARGET_CPU_150_S_ISSUE9
+    if a.only_previous:
+        print(json.dumps(report, indent=1))
+        return 0
     for dev in devices:
         report["devices"][dev] = bench_device(a.folder, dev, a.model, a.cam, max(1, a.repeat), ref_s, a.batch_size)
     if "cpu" in report["devices"] and "cuda" in report["devices"]:

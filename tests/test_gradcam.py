@@ -254,3 +254,70 @@ def test_region_selects_what_is_explained():
     # An empty region falls back to the whole slice rather than an all-zero map.
     whole, _ = gradcam_slice(model, hu[0], box, region=np.zeros_like(blob))
     assert whole.max() == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- map methods (issue 9)
+
+
+class EverywhereNet(nn.Module):
+    """One feature channel that fires on every pixel (bias); the lesion logit is that channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Conv2d(1, 1, 1)
+        self.head = nn.Conv2d(1, 3, 1)
+        with torch.no_grad():
+            self.features.weight.fill_(0.1)
+            self.features.bias.fill_(1.0)
+            self.head.weight.zero_()
+            self.head.weight[1, 0] = 1.0
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        return self.head(torch.relu(self.features(x)))
+
+
+def test_cam_kinds_by_their_formulas():
+    torch.manual_seed(0)
+    a = torch.rand(2, 3, 4, 5)
+    g = torch.randn(2, 3, 4, 5)
+    np.testing.assert_allclose(cam_from_activations(a, g, "hirescam"), torch.relu((a * g).sum(1)), rtol=1e-6)
+    np.testing.assert_allclose(cam_from_activations(a, g, "gradcam"),
+                               torch.relu((a * g.mean((2, 3), keepdim=True)).sum(1)), rtol=1e-6)
+    # Grad-CAM++ (Chattopadhyay et al.): alpha = g^2 / (2 g^2 + sum(A) g^3), w = sum(alpha ReLU(g))
+    s = a.sum((2, 3), keepdim=True)
+    alpha = g ** 2 / (2 * g ** 2 + s * g ** 3)
+    w = (alpha * torch.relu(g)).sum((2, 3), keepdim=True)
+    np.testing.assert_allclose(cam_from_activations(a, g, "gradcam++"), torch.relu((w * a).sum(1)), rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown CAM kind"):
+        cam_from_activations(a, g, "scorecam")
+
+
+def test_hirescam_stays_on_the_explained_region_where_gradcam_spreads():
+    """A channel that fires everywhere: Grad-CAM paints the whole slice, HiResCAM only the region explained."""
+    model = FakeModel(EverywhereNet(), "features")
+    hu = np.full((1, 64, 64), -800, dtype=np.int16)
+    region = np.zeros((1, 64, 64), bool)
+    region[0, 20:36, 10:26] = True
+    box = (0, 64, 0, 64)
+    hires, _ = gradcam_batch(model, hu, box, region=region, method="seg-hirescam")
+    plain, _ = gradcam_batch(model, hu, box, region=region, method="seg-gradcam")
+    assert hires[region].sum() / hires.sum() > 0.9
+    assert plain[region].sum() / plain.sum() < 0.2
+    # Without "seg-" the whole slice is explained: the region given does not matter.
+    whole_a, _ = gradcam_batch(model, hu, box, region=region, method="hirescam")
+    whole_b, _ = gradcam_batch(model, hu, box, region=None, method="hirescam")
+    np.testing.assert_array_equal(whole_a, whole_b)
+    assert whole_a[region].sum() / whole_a.sum() < 0.2
+
+
+def test_methods_listed_without_torch_agree_and_unknown_is_refused():
+    from ctscreen.inference.camlayers import CAM_METHOD_NAMES, DEFAULT_CAM_METHOD
+    from ctscreen.inference.gradcam import CAM_METHODS, check_method
+    from ctscreen.inference.pipeline import AnalyzeOptions
+
+    assert tuple(CAM_METHODS) == CAM_METHOD_NAMES and check_method(None) == DEFAULT_CAM_METHOD
+    with pytest.raises(ValueError, match="unknown CAM method 'scorecam'; choose one of: seg-hirescam"):
+        check_method("scorecam")
+    with pytest.raises(ValueError, match="unknown CAM method"):
+        AnalyzeOptions(cam_method="scorecam")

@@ -42,7 +42,8 @@ from ctscreen.errors import CtscreenError, ExportError, NotADicomSeries, NotAnal
 from ctscreen.io import export  # noqa: E402
 from ctscreen.imaging.result import CONSOLIDATION, GGO, AnalysisResult  # noqa: E402
 from ctscreen.progress import ProgressBar  # noqa: E402
-from ctscreen.inference.camlayers import CAM_LAYERS, arch_of_model, check_layer, unknown_layer_message  # noqa: E402
+from ctscreen.inference.camlayers import (  # noqa: E402
+    CAM_LAYERS, CAM_METHOD_NAMES, DEFAULT_CAM_METHOD, arch_of_model, check_layer, unknown_layer_message)
 
 STAGING_PREFIX = ".ctscreen-partial-"
 
@@ -54,7 +55,7 @@ def _one_line(text: str) -> str:
 def planned_names(png: str, seg: bool, nifti: bool = False, pdf: bool = False) -> list[str]:
     """File names/patterns the export will write into ``--out`` for these options."""
     names = export.planned_outputs(png="none", report=True, seg=seg, nifti=nifti, pdf=pdf)
-    if png in ("lesions", "all"):
+    if png in ("lesions", "all", "cam"):
         names.append(export.SLICE_PNG_PATTERN)
     elif png == "montage":
         names.append(export.MONTAGE_NAME)
@@ -340,7 +341,8 @@ def summary(result: AnalysisResult, out: Path, written: list[Path], total_s: flo
     ]
     if result.cam:
         flagged = result.cam_flagged_slices()
-        parts.append(f"Grad-CAM on {len(result.cam)} slice(s) at layer {result.cam_layer}"
+        method = getattr(result, "cam_method", "") or "Grad-CAM"
+        parts.append(f"Activation maps ({method}) on {len(result.cam)} slice(s) at layer {result.cam_layer}"
                      + (f"; {len(flagged)} with most activation outside the lungs." if flagged else "."))
     screening = getattr(result, "screening", None)
     if screening is not None:
@@ -384,6 +386,10 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
     pdf = bool(getattr(args, "pdf", False))
 
     cam_layer = getattr(args, "cam_layer", None) or None
+    cam_method = getattr(args, "cam_method", None) or None
+    if png == "cam" and cam == "none":
+        raise CtscreenError("--png cam draws the activation maps, and --cam none computes none \u2014 "
+                            "use --cam lesions (the default) or --cam all")
     check_cam_layer(getattr(args, "model", None), cam_layer)
     check_output(out, png, seg, force, nifti, pdf)
     from ctscreen.inference.models import load_model
@@ -408,7 +414,10 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
 
     from ctscreen.inference.pipeline import STAGE_LABELS, AnalyzeOptions, analyze
 
-    options = AnalyzeOptions(model=model, cam=cam, cam_layer=cam_layer,
+    tta = getattr(args, "tta", "auto") or "auto"
+    options = AnalyzeOptions(model=model, cam=cam, cam_layer=cam_layer, cam_method=cam_method,
+                             tta=True if tta == "auto" else int(tta),
+                             cleanup=not getattr(args, "no_cleanup", False),
                              batch_size=int(getattr(args, "batch_size", 0) or 8), classifier=classifier)
     bar = ProgressBar(stream=progress_stream, enabled=show_progress)
     gen = analyze(info, options)
@@ -447,13 +456,24 @@ def add_parser(sub: Any) -> None:
     a.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
     a.add_argument("--series", help="SeriesInstanceUID (default: the analysable axial CT series with the most "
                                     "slices, named on stderr when there are several; `ctscreen info` lists them)")
-    a.add_argument("--png", choices=("none", "lesions", "all", "montage"), default="lesions")
+    a.add_argument("--png", choices=("none", "lesions", "all", "montage", "cam"), default="lesions",
+                   help="annotated PNGs: lesion slices, all slices, one montage, or 'cam': every slice with an "
+                        "activation map, drawn with the heat map, its colour bar, method and layer")
     a.add_argument("--no-seg", action="store_true", help="do not write the DICOM Segmentation object")
     a.add_argument("--cam", choices=("none", "lesions", "all"), default="lesions",
                    help="slices to compute Grad-CAM for")
+    a.add_argument("--cam-method", metavar="NAME", default=None, choices=CAM_METHOD_NAMES,
+                   help=f"how the activation maps are made: {', '.join(CAM_METHOD_NAMES)} (default "
+                        f"{DEFAULT_CAM_METHOD}, chosen by benchmarks/explanations.py; 'seg-' explains the "
+                        "predicted lesion region, the others the whole slice)")
     a.add_argument("--cam-layer", metavar="NAME", default=None,
                    help="network layer for Grad-CAM (unet: decoder4 (default), decoder3, decoder2, decoder1, "
                         "bottleneck; deeplab: aspp (default), decoder, layer3, layer2)")
+    a.add_argument("--tta", choices=("auto", "1", "2", "4"), default="auto",
+                   help="flipped views averaged by the segmentation (auto: 1 on the CPU, 4 on a GPU; more views "
+                        "cost time and changed Dice by < 0.01 in validation, see the model card)")
+    a.add_argument("--no-cleanup", action="store_true",
+                   help="keep tiny, single-slice and rim-only lesion components (removed by default)")
     a.add_argument("--nifti", action="store_true",
                    help="also write lesions.nii.gz, lung.nii.gz and ct.nii.gz (RAS affine; opens aligned in "
                         "ITK-SNAP, 3D Slicer, nnU-Net)")

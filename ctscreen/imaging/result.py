@@ -44,6 +44,9 @@ class AnalysisResult:
         Share of each slice's Grad-CAM activation that falls outside the lung mask.
     cam_layer : str
         The network layer the Grad-CAM maps were computed at.
+    cam_method : str
+        How the maps were made (``seg-hirescam``, ``seg-gradcam``, ... of
+        ``ctscreen.inference.camlayers.CAM_METHOD_NAMES``; "" when none were computed).
     measurements : Any
         :class:`ctscreen.imaging.measurements.Measurements`.
     model_name, model_version, device : str
@@ -76,6 +79,7 @@ class AnalysisResult:
     warnings: tuple[str, ...] = ()
     thorax_box: tuple[int, ...] = ()
     screening: Any = None
+    cam_method: str = ""
 
     #: A slice whose Grad-CAM lies mostly outside the lung is flagged.
     CAM_OUTSIDE_FLAG = 0.5

@@ -42,6 +42,35 @@ CAM_LAYER_NOTES: dict[str, dict[str, str]] = {
 }
 
 
+#: How the maps may be made (keys of ``ctscreen.inference.gradcam.CAM_METHODS``).
+#: ``seg-``: the lesion logits summed over the predicted lesion region are explained
+#: (Seg-Grad-CAM); without it, the lesion logits of the whole slice.
+CAM_METHOD_NAMES: tuple[str, ...] = ("seg-hirescam", "seg-gradcam", "seg-gradcam++", "hirescam", "gradcam",
+                                     "gradcam++")
+#: The shipped default, chosen by ``benchmarks/explanations.py`` (model card).
+DEFAULT_CAM_METHOD = "seg-gradcam"
+
+CAM_METHOD_NOTES: dict[str, str] = {
+    "seg-hirescam": "HiResCAM of the predicted lesion region: gradient x activation per pixel",
+    "seg-gradcam": "Grad-CAM of the predicted lesion region: channel-averaged gradients",
+    "seg-gradcam++": "Grad-CAM++ of the predicted lesion region: second-order channel weights",
+    "hirescam": "HiResCAM of the lesion logits over the whole slice",
+    "gradcam": "Grad-CAM of the lesion logits over the whole slice",
+    "gradcam++": "Grad-CAM++ of the lesion logits over the whole slice",
+}
+
+
+def describe_method(method: str) -> str:
+    """``"seg-hirescam — HiResCAM of ... (default)"``."""
+    note = CAM_METHOD_NOTES.get(method, "")
+    return (f"{method} \u2014 {note}" if note else method) + (" (default)" if method == DEFAULT_CAM_METHOD else "")
+
+
+def unknown_method_message(method: str) -> str:
+    """One line naming the bad CAM method and the valid ones."""
+    return f"unknown CAM method '{method}'; choose one of: {', '.join(CAM_METHOD_NAMES)}"
+
+
 def layers_for(arch: str | None) -> tuple[str, ...]:
     """Layer names of ``arch`` (``unet``/``deeplab``), the default first; () for an unknown one."""
     return CAM_LAYERS.get(arch or "", ())

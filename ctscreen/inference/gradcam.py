@@ -118,10 +118,57 @@ def _forward_logits(model: Any, x: torch.Tensor) -> torch.Tensor:
     return _first_tensor(_net(model)(x))
 
 
-def cam_from_activations(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-    """``ReLU(sum_c mean_hw(dy/dA_c) * A_c)``: (n, C, h, w) twice -> (n, h, w), not normalised."""
+def cam_from_activations(activations: torch.Tensor, gradients: torch.Tensor, kind: str = "gradcam") -> torch.Tensor:
+    """The map from a layer's activations and gradients: (n, C, h, w) twice -> (n, h, w), not normalised.
+
+    ``kind``:
+
+    * ``"gradcam"``: ``ReLU(sum_c mean_hw(dy/dA_c) * A_c)`` (Selvaraju et al. 2017);
+    * ``"hirescam"``: ``ReLU(sum_c dy/dA_c * A_c)``, the gradient kept per pixel instead of
+      averaged (Draelos & Carin 2020, arXiv:2011.08891): the map is what the target's
+      first-order change is made of, so it cannot light up where the gradient is zero;
+    * ``"gradcam++"``: channel weights ``sum_hw alpha * ReLU(dy/dA)`` with the second-order
+      ``alpha`` of Chattopadhyay et al. (WACV 2018, arXiv:1710.11063), as pytorch-grad-cam computes it.
+    """
+    if kind == "hirescam":
+        return torch.relu((gradients * activations).sum(dim=1))
+    if kind == "gradcam++":
+        g2 = gradients.pow(2)
+        g3 = g2 * gradients
+        sum_a = activations.sum(dim=(2, 3), keepdim=True)
+        denom = 2 * g2 + sum_a * g3
+        alpha = torch.where(gradients != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)),
+                            torch.zeros_like(g2))
+        weights = (alpha * torch.relu(gradients)).sum(dim=(2, 3), keepdim=True)
+        return torch.relu((weights * activations).sum(dim=1))
+    if kind != "gradcam":
+        raise ValueError(f"unknown CAM kind {kind!r}")
     weights = gradients.mean(dim=(2, 3), keepdim=True)
     return torch.relu((weights * activations).sum(dim=1))
+
+
+#: Map-making methods, by name. ``seg-`` methods explain the lesion logits summed over the
+#: predicted lesion region (Seg-Grad-CAM, Vinogradova et al. 2020); the others over the whole
+#: slice. The default (``camlayers.DEFAULT_CAM_METHOD``) was chosen by ``benchmarks/explanations.py``
+#: (see the model card).
+CAM_METHODS: dict[str, tuple[str, bool]] = {
+    "seg-hirescam": ("hirescam", True),
+    "seg-gradcam": ("gradcam", True),
+    "seg-gradcam++": ("gradcam++", True),
+    "hirescam": ("hirescam", False),
+    "gradcam": ("gradcam", False),
+    "gradcam++": ("gradcam++", False),
+}
+
+
+def check_method(method: str | None) -> str:
+    """``method`` (None: the default) if known; ValueError with a one-line message listing the valid names."""
+    from ctscreen.inference.camlayers import CAM_METHOD_NAMES, DEFAULT_CAM_METHOD, unknown_method_message
+
+    name = method or DEFAULT_CAM_METHOD
+    if name not in CAM_METHODS or name not in CAM_METHOD_NAMES:
+        raise ValueError(unknown_method_message(name))
+    return name
 
 
 def target_region(logits: torch.Tensor) -> torch.Tensor:
@@ -211,8 +258,15 @@ class RecordedPass:
         self.logits = logits
         self.activations = activations
 
-    def region_weights(self, region: np.ndarray | None, box: Sequence[int]) -> torch.Tensor:
-        """(n, 1, H, W) target weights: ``region`` (slice geometry) or this pass's own prediction."""
+    def region_weights(self, region: np.ndarray | None, box: Sequence[int], restrict: bool = True) -> torch.Tensor:
+        """(n, 1, H, W) target weights: ``region`` (slice geometry) or this pass's own prediction.
+
+        ``restrict=False``: the whole slice (the lesion logits of every pixel), for the methods
+        of :data:`CAM_METHODS` that are not restricted to the predicted region.
+        """
+        if not restrict:
+            return torch.ones((self.logits.shape[0], 1, *self.logits.shape[-2:]), dtype=self.logits.dtype,
+                              device=self.logits.device)
         if region is None:
             return target_region(self.logits.detach())
         n = self.logits.shape[0]
@@ -224,9 +278,11 @@ class RecordedPass:
         return weights
 
     def maps(self, weights: torch.Tensor, box: Sequence[int], out_shape: tuple[int, int],
-             lung_slices: np.ndarray | None = None, rows: Sequence[int] | None = None
+             lung_slices: np.ndarray | None = None, rows: Sequence[int] | None = None, kind: str = "gradcam"
              ) -> tuple[np.ndarray, np.ndarray]:
         """One backward pass; normalised maps and outside-lung shares for ``rows`` (default: all).
+
+        ``kind`` is how the map is made from activations and gradients (:func:`cam_from_activations`).
 
         ``lung_slices`` covers the whole batch. Rows left out get zero weight, so they add nothing to the target (their
         gradient is computed with the batch but not used).
@@ -240,7 +296,7 @@ class RecordedPass:
         target = (self.logits[:, list(LESION_CHANNELS)] * weights).sum()
         (grads,) = torch.autograd.grad(target, self.activations)
         with torch.no_grad():
-            cam_small = cam_from_activations(self.activations.detach()[rows], grads[rows])
+            cam_small = cam_from_activations(self.activations.detach()[rows], grads[rows], kind)
         maps = normalise(_restore(self.model, cam_small, box, tuple(out_shape), tuple(self.x.shape[-2:])))
         lung = None if lung_slices is None else np.asarray(lung_slices).reshape(n, *out_shape)[rows]
         return maps, outside_fraction(maps, lung)
@@ -262,7 +318,8 @@ def recorded_forward(model: Any, x: torch.Tensor, layer: str | None = None) -> R
 
 
 def gradcam_batch(model: Any, hu_slices: np.ndarray, box: Sequence[int], lung_slices: np.ndarray | None = None,
-                  layer: str | None = None, region: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  layer: str | None = None, region: np.ndarray | None = None, method: str | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM maps for several slices with one forward and one backward pass.
 
     Parameters
@@ -281,6 +338,9 @@ def gradcam_batch(model: Any, hu_slices: np.ndarray, box: Sequence[int], lung_sl
         The lesion region to explain, at slice geometry (e.g. the analysis' final,
         lung-constrained labels). Default: the pixels this forward pass predicts as
         lesion. A slice with an empty region is explained over the whole slice.
+    method : str, optional
+        A key of :data:`CAM_METHODS` (default: the shipped default,
+        :data:`ctscreen.inference.camlayers.DEFAULT_CAM_METHOD`).
 
     Returns
     -------
@@ -295,13 +355,15 @@ def gradcam_batch(model: Any, hu_slices: np.ndarray, box: Sequence[int], lung_sl
         hu_slices = hu_slices[None]
     from ctscreen.inference.segment import prepare_input  # on the model's device, as the segmentation
 
+    kind, restrict = CAM_METHODS[check_method(method)]
     rec = recorded_forward(model, prepare_input(model, hu_slices, box), layer)
-    weights = rec.region_weights(region, box)
-    return rec.maps(weights, box, tuple(hu_slices.shape[-2:]), lung_slices)
+    weights = rec.region_weights(region, box, restrict)
+    return rec.maps(weights, box, tuple(hu_slices.shape[-2:]), lung_slices, kind=kind)
 
 
 def gradcam_slice(model: Any, hu_slice: np.ndarray, box: Sequence[int], lung_slice: np.ndarray | None = None,
-                  layer: str | None = None, region: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+                  layer: str | None = None, region: np.ndarray | None = None, method: str | None = None
+                  ) -> tuple[np.ndarray, float]:
     """Grad-CAM of one slice, for on-demand use in the viewer.
 
     Returns the (y, x) float32 map in [0, 1] and the share of its activation outside ``lung_slice``.
@@ -310,15 +372,17 @@ def gradcam_slice(model: Any, hu_slice: np.ndarray, box: Sequence[int], lung_sli
     hu = np.asarray(hu_slice)[None]
     lung = None if lung_slice is None else np.asarray(lung_slice)[None]
     reg = None if region is None else np.asarray(region)[None]
-    maps, outside = gradcam_batch(model, hu, box, lung, layer, reg)
+    maps, outside = gradcam_batch(model, hu, box, lung, layer, reg, method)
     return maps[0], float(outside[0])
 
 
-def gradcam_for_result(model: Any, result: Any, index: int, layer: str | None = None) -> tuple[np.ndarray, float]:
+def gradcam_for_result(model: Any, result: Any, index: int, layer: str | None = None,
+                       method: str | None = None) -> tuple[np.ndarray, float]:
     """Grad-CAM of slice ``index`` of an :class:`~ctscreen.imaging.result.AnalysisResult` (viewer helper).
 
     Uses the result's thorax box, lung mask and lesion labels (the region explained),
-    so the map matches the maps the analysis computed; ``layer`` picks another layer.
+    so the map matches the maps the analysis computed; ``layer`` and ``method`` pick another
+    layer or method (default: the result's own, else the shipped default).
     """
     hu = result.volume.hu
     box = tuple(getattr(result, "thorax_box", ()) or ())
@@ -326,4 +390,6 @@ def gradcam_for_result(model: Any, result: Any, index: int, layer: str | None = 
         from ctscreen.inference.preprocess import thorax_box
 
         box = thorax_box(np.asarray(hu))
-    return gradcam_slice(model, hu[index], box, result.lung[index], layer, region=result.lesion[index])
+    method = method or getattr(result, "cam_method", "") or None
+    return gradcam_slice(model, hu[index], box, result.lung[index], layer, region=result.lesion[index],
+                         method=method)

@@ -104,6 +104,9 @@ class AnalyzeOptions:
         Grad-CAM for ``"none"``, the ``"lesions"`` slices (any lesion voxel) or ``"all"`` slices.
     cam_layer : str or None
         Network layer for Grad-CAM (a key of ``model.cam_layers()``); None = the model's default.
+    cam_method : str or None
+        How the maps are made (a key of ``gradcam.CAM_METHODS``: ``seg-hirescam``, ``seg-gradcam``,
+        ...); None = the shipped default (``camlayers.DEFAULT_CAM_METHOD``).
     tta : bool or int
         Test-time augmentation in the segmentation (True: the model's default number of
         flipped views for the device, or 1, 2, 4 views; see ``segment.tta_views``).
@@ -111,6 +114,9 @@ class AnalyzeOptions:
         The learned screening classifier (:mod:`ctscreen.inference.classifier`): None or ``""``
         for the shipped default, ``"none"`` for the RSNA category alone, a name, a weights file or
         an already loaded one. A classifier that cannot be loaded leaves a warning, not an error.
+    cleanup : bool
+        Remove tiny, z-isolated and rim-only lesion components in 3-D
+        (:func:`ctscreen.imaging.postprocess.clean_lesions`); measured in the model card.
     cancel : threading.Event or None
         Set it to stop the analysis at the next batch boundary.
     """
@@ -120,7 +126,9 @@ class AnalyzeOptions:
     batch_size: int = 8
     cam: str = "lesions"
     cam_layer: str | None = None
+    cam_method: str | None = None
     tta: bool | int = True
+    cleanup: bool = False
     classifier: Any = None
     cancel: threading.Event | None = field(default=None, compare=False)
 
@@ -129,6 +137,11 @@ class AnalyzeOptions:
             raise ValueError(f"cam must be one of {CAM_CHOICES}, not {self.cam!r}")
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, not {self.batch_size}")
+        if self.cam_method:
+            from ctscreen.inference.camlayers import CAM_METHOD_NAMES, unknown_method_message
+
+            if self.cam_method not in CAM_METHOD_NAMES:
+                raise ValueError(unknown_method_message(self.cam_method))
 
 
 class _Tracker:
@@ -279,7 +292,7 @@ def _series_name(volume: Volume) -> str:
 
 
 def _segment_and_explain(model: Any, hu_slices: np.ndarray, lung_slices: np.ndarray, box: tuple[int, ...],
-                         options: AnalyzeOptions, views: int, cam_layer: str,
+                         options: AnalyzeOptions, views: int, cam_layer: str, cam_method: str,
                          constrain: Callable[[np.ndarray, list[int]], np.ndarray], idx: list[int],
                          store_cam: Callable[[list[int], np.ndarray, np.ndarray], None],
                          cam_s: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -308,8 +321,12 @@ def _segment_and_explain(model: Any, hu_slices: np.ndarray, lung_slices: np.ndar
     labels = constrain(labels, idx)
     rows = [j for j in range(len(idx)) if options.cam == "all" or labels[j].any()]
     if rows:
+        from ctscreen.inference.gradcam import CAM_METHODS
+
+        kind, restrict = CAM_METHODS[cam_method]
         t = time.perf_counter()
-        maps, outside = rec.maps(rec.region_weights(labels, box), box, hu_slices.shape[-2:], lung_slices, rows)
+        maps, outside = rec.maps(rec.region_weights(labels, box, restrict), box, hu_slices.shape[-2:], lung_slices,
+                                 rows, kind=kind)
         store_cam([idx[j] for j in rows], maps, outside)
         cam_s[0] += time.perf_counter() - t
     return labels, prob
@@ -458,6 +475,7 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
 
     views = tta_views(options.tta, model.device)
     cam_layer = (options.cam_layer or gradcam.default_layer(model)) if options.cam != "none" else ""
+    cam_method = gradcam.check_method(options.cam_method) if options.cam != "none" else ""
     # On the CPU the segmentation's plain view doubles as the Grad-CAM forward pass (a GPU is fast
     # enough for two passes, and there the segmentation runs in bfloat16).
     fused = options.cam != "none" and model.device.type in FUSED_CAM_DEVICES
@@ -495,7 +513,7 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
         if not (fused and m.device.type in FUSED_CAM_DEVICES):
             labels, prob = segment.segment_labels(m, hu[idx], box, tta=options.tta)
             return constrain(np.asarray(labels), idx), prob
-        return _segment_and_explain(m, hu[idx], lung[idx], box, options, views, cam_layer,
+        return _segment_and_explain(m, hu[idx], lung[idx], box, options, views, cam_layer, cam_method,
                                     constrain, idx, store_cam, cam_s)
 
     lesion_slices_seen = [0]
@@ -518,6 +536,16 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
     yield tracker.tick("segmentation", 0, len(todo_seg), f"segmentation 0/{len(todo_seg)} slices with lung")
     yield from runner.batched("segmentation", todo_seg, options.batch_size, seg, store_seg, seg_eta)
     timings["segmentation"] = time.perf_counter() - t - cam_s[0]
+    if options.cleanup and lesion.any():
+        # 3-D context the slice-by-slice network lacks: tiny, z-isolated and rim-only components go
+        from ctscreen.imaging.postprocess import clean_lesions
+
+        t = time.perf_counter()
+        lesion, _cleanup = clean_lesions(lesion, lung, tuple(float(v) for v in volume.spacing_mm))
+        if options.cam == "lesions":  # maps follow the lesion slices the user sees
+            for k in [k for k in cam if not lesion[k].any()]:
+                del cam[k], cam_outside[k]
+        timings["postprocess"] = time.perf_counter() - t
     if fused:
         timings["gradcam"] = cam_s[0]
     elif options.cam != "none":
@@ -525,7 +553,8 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
         todo = cam_slice_indices(lesion, options.cam)
 
         def grad(m: Any, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
-            return gradcam.gradcam_batch(m, hu[idx], box, lung[idx], cam_layer, region=lesion[idx])
+            return gradcam.gradcam_batch(m, hu[idx], box, lung[idx], cam_layer, region=lesion[idx],
+                                         method=cam_method)
 
         def cam_eta(done: int, total: int, spent_s: float) -> float:
             return spent_s / done * (total - done) + 0.02 * spent_s
@@ -570,6 +599,7 @@ def analyze(source: Volume | str | os.PathLike | Any, options: AnalyzeOptions | 
         cam=cam,
         cam_outside_fraction=cam_outside,
         cam_layer=cam_layer,
+        cam_method=cam_method,
         timings_s=timings,
         warnings=tuple(warnings),
         thorax_box=box,

@@ -80,12 +80,12 @@ def planned_outputs(png: str = "lesions", report: bool = True, seg: bool = True,
         names += list(NIFTI_NAMES)
     if pdf:
         names.append(REPORT_PDF)
-    if png == "lesions":
+    if png in ("lesions", "cam"):
         names.append(SLICE_PNG_PATTERN)
     elif png == "montage":
         names.append(MONTAGE_NAME)
     elif png not in ("none", "", None):
-        raise ValueError(f"png must be 'lesions', 'montage' or 'none', not {png!r}")
+        raise ValueError(f"png must be 'lesions', 'cam', 'montage' or 'none', not {png!r}")
     return names
 
 
@@ -123,9 +123,13 @@ def export_all(result: Any, out_dir: str | os.PathLike, *, png: str = "lesions",
         from ctscreen.io.export_report import write_report_csv, write_report_json
         written.append(write_report_json(result, out / REPORT_JSON, force=force, include_patient=include_patient))
         written.append(write_report_csv(result, out / REPORT_CSV, force=force))
-    if png in ("lesions", "montage"):
+    if png in ("lesions", "montage", "cam"):
         from ctscreen.io import export_png
-        if png == "lesions":
+        if png == "cam":  # every slice with an activation map, heat map + colour bar + layer and method
+            written += export_png.write_lesion_pngs(result, out, force=force, include_patient=include_patient,
+                                                    cam=True, window=window,
+                                                    indices=sorted(int(k) for k in (result.cam or {})))
+        elif png == "lesions":
             written += export_png.write_lesion_pngs(result, out, force=force, include_patient=include_patient,
                                                     cam=cam, window=window)
         else:

@@ -198,7 +198,7 @@ def _legend_and_scale_band(width: int, pixel_mm: float, image_width_px: int, cam
         items.append((cam_label, "ramp"))
     placed, x, y = [], pad, 0
     for text, swatch in items:
-        sw = 40 if swatch == "ramp" else 14
+        sw = 120 if swatch == "ramp" else 14  # the heat map's colour bar
         item_w = sw + 6 + _text_size(text, 0.45)[0]
         if x + item_w > width - pad and x > pad:
             x, y = pad, y + 1
@@ -223,6 +223,13 @@ def _legend_and_scale_band(width: int, pixel_mm: float, image_width_px: int, cam
     cv2.line(band, (x1, top), (x1, top + 14), (255, 255, 255), 1)
     _put_text(band, label, (x1 + 8, top + 13), 0.45)
     return band
+
+
+def cam_legend_label(result: Any) -> str:
+    """``"Activation (seg-hirescam, layer decoder1): 0 .. slice max"``, the colour bar's label."""
+    method = getattr(result, "cam_method", "") or "Grad-CAM"
+    layer = getattr(result, "cam_layer", "")
+    return f"Activation ({method}{', layer ' + layer if layer else ''}): 0 .. slice max"
 
 
 def _patient_line(vol: Any) -> str:
@@ -272,7 +279,7 @@ def render_slice_png(result: Any, index: int, window: tuple[float, float] = DEFA
         title.append(("Grad-CAM not computed for this slice", TEXT_RGB))
     if include_patient:
         title.append((_patient_line(vol), TEXT_RGB))
-    cam_label = f"Grad-CAM {getattr(result, 'cam_layer', '')}".strip() if cam_drawn else None
+    cam_label = cam_legend_label(result) if cam_drawn else None
     parts = [
         _band(width, title),
         framed,
@@ -315,15 +322,15 @@ def png_threads(n_images: int) -> int:
 
 
 def write_lesion_pngs(result: Any, out_dir: str | os.PathLike, force: bool = False,
-                      **render_kw: Any) -> list[Path]:
-    """Write ``slice_NNNN.png`` (1-based slice number) for every slice with lesions.
+                      indices: Sequence[int] | None = None, **render_kw: Any) -> list[Path]:
+    """Write ``slice_NNNN.png`` (1-based slice number) for every slice with lesions (or ``indices``).
 
     Refuses before writing anything when one of them exists and not ``force``. The slices
     are rendered, encoded and written (each atomically, see :func:`atomic_write`) by a pool
     of threads; the folder is synced once at the end. Returns the paths in slice order.
     """
     out = Path(out_dir)
-    indices = lesion_slice_indices(result)
+    indices = lesion_slice_indices(result) if indices is None else [int(k) for k in indices]
     paths = [out / slice_png_name(k) for k in indices]
     if not force:
         clash = [p for p in paths if p.exists()]

@@ -166,6 +166,7 @@ def build_report(result: Any, include_patient: bool = False,
         "slices": report_rows(result),
         "gradcam": {
             "layer": getattr(result, "cam_layer", ""),
+            "method": getattr(result, "cam_method", ""),
             "computed_slices": sorted(int(k) for k in getattr(result, "cam", {}) or {}),
             "outside_lung_threshold": float(getattr(result, "CAM_OUTSIDE_FLAG", 0.5)),
             "flagged_slices": [
