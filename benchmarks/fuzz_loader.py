@@ -154,6 +154,7 @@ def run(n_cases: int, seed0: int, timeout_s: float, mem_gb: float, workers: int,
     by_kind_bad: Counter = Counter()
     bad_cases: list[dict] = []
     case_times: list[float] = []
+    slowest: list[tuple] = []  # (seconds, seed, kinds) of the five slowest cases
     build_errors = 0
     started = time.time()
     in_flight: dict = {}
@@ -177,6 +178,9 @@ def run(n_cases: int, seed0: int, timeout_s: float, mem_gb: float, workers: int,
         else:
             counts[outcome] += 1
             case_times.append(dt)
+            slowest.append((round(dt, 2), seed, list(kinds)))
+            slowest.sort(reverse=True)
+            del slowest[5:]
             if outcome in BAD:
                 for k in kinds:
                     by_kind_bad[k] += 1
@@ -205,6 +209,7 @@ def run(n_cases: int, seed0: int, timeout_s: float, mem_gb: float, workers: int,
             "bad_by_kind": dict(by_kind_bad.most_common()),
             "case_s": {"median": round(times[len(times) // 2], 3), "p99": round(times[int(len(times) * 0.99)], 3),
                        "max": round(times[-1], 3)},
+            "slowest_cases": [{"s": t, "seed": sd, "kinds": k} for t, sd, k in slowest],
             "reference_load_s": round(reference_s, 3),
             "slowest_case_vs_reference": round(times[-1] / reference_s, 1) if reference_s else None,
             "wall_s": round(time.time() - started, 1),
