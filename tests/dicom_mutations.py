@@ -699,6 +699,8 @@ def _junk_files(w: Work) -> None:
 ALWAYS_OK_EXTRAS = ("bit_flips", "truncate_anywhere")
 #: Random damage may also undo a mutation (a flipped bit in the changed value): no warning is owed then.
 RANDOM_DAMAGE = ("bit_flips", "header_bit_flips", "garbage_appended")
+#: Kinds that take a slice out of the series.
+DETACHING = ("series_uid_split",)
 
 
 @contextlib.contextmanager
@@ -747,20 +749,33 @@ def build_case(folder: Path, base: Base, seed: int, kinds: tuple[str, ...] | Non
     folder.mkdir(parents=True, exist_ok=True)
     w = Work(rng, base.datasets, list(base.names), folder=folder)
     encoded = base.encoded
+    hit: dict[str, set[int]] = {}  # the slices each kind changed
+
+    def apply(name: str) -> None:
+        before = set(w.touched)
+        w.touched = set()
+        KINDS[name].fn(w)
+        hit[name] = set(w.touched)
+        w.touched |= before
+
     with lenient_pydicom():
         for name in kinds:
             if KINDS[name].phase == "ds":
-                KINDS[name].fn(w)
+                apply(name)
         w.encoded = [_encode(w.copies[k]) if k in w.copies else encoded[k] for k in range(len(encoded))]
     for name in kinds:
         if KINDS[name].phase == "bytes":
-            KINDS[name].fn(w)
+            apply(name)
     for name, data in zip(w.names, w.encoded):
         (folder / name).write_bytes(data)
     for name in kinds:
         if KINDS[name].phase == "fs":
             KINDS[name].fn(w)
-    must_warn = any(KINDS[k].must_warn for k in kinds) and not any(k in RANDOM_DAMAGE for k in kinds)
+    # A slice moved to a series of its own (a new SeriesInstanceUID) takes its damage with it:
+    # the series that loads owes no warning for it.
+    detached = set().union(*(hit.get(k, set()) for k in DETACHING))
+    must_warn = (any(KINDS[k].must_warn and not (hit.get(k) and hit[k] <= detached) for k in kinds)
+                 and not any(k in RANDOM_DAMAGE for k in kinds))
     return Case(seed, base.name, tuple(kinds), must_warn)
 
 
