@@ -380,5 +380,7 @@ def test_analyze_in_a_fresh_process_on_the_old_hang_cases(tmp_path, synthetic, t
                           capture_output=True, text=True, timeout=180, env=env)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 0, proc.stderr
-    report = (out / "report.json").read_text()
-    assert "NumberOfFrames is 1000000000000" in report and paths[0].name in report
+    assert (out / "report.json").exists()
+    notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("ctscreen analyze: warning:")]
+    assert any("NumberOfFrames is 1000000000000" in ln and paths[0].name in ln for ln in notes), proc.stderr
+    assert "UserWarning" not in proc.stderr  # the loader reports the damage itself, once

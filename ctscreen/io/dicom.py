@@ -98,6 +98,11 @@ from ctscreen.imaging.volume import Volume
 # The loader reads those values raw and reports them once, in the series warnings
 # (:func:`_uid_note`), so pydicom's own line is kept off the user's terminal.
 _warnings.filterwarnings("ignore", message=r"Invalid value for VR UI", category=UserWarning)
+# Damaged values (an IS of 13 digits, a DS that is no number) are checked and reported by the
+# loader itself (issue 12), so pydicom's own lines about them stay off the terminal too.
+_warnings.filterwarnings("ignore", message=r"The value length \(\d+\) exceeds the maximum length",
+                         category=UserWarning)
+_warnings.filterwarnings("ignore", message=r"Invalid value for VR (IS|DS|US|SS|UL|SL|CS)", category=UserWarning)
 
 #: A valid DICOM UID (PS3.5 9.1): digits and dots, no empty or zero-led component, 64 characters at most.
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
