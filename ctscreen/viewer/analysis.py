@@ -54,6 +54,8 @@ class AnalysisRequest:
     batch_size: int = 4
     #: Grad-CAM layer (a name of ``inference.camlayers.CAM_LAYERS``); None = the model's default.
     cam_layer: str | None = None
+    #: How the maps are made (a name of ``inference.camlayers.CAM_METHOD_NAMES``); None = the shipped default.
+    cam_method: str | None = None
 
 
 def run_request(request: AnalysisRequest, cancel: threading.Event) -> Generator[Any, None, Any]:
@@ -61,7 +63,8 @@ def run_request(request: AnalysisRequest, cancel: threading.Event) -> Generator[
     from ctscreen.inference.pipeline import AnalyzeOptions, analyze
 
     options = AnalyzeOptions(model=request.model or None, device=request.device, cam=request.cam,
-                             cam_layer=request.cam_layer or None, batch_size=request.batch_size, cancel=cancel)
+                             cam_layer=request.cam_layer or None, cam_method=request.cam_method or None,
+                             batch_size=request.batch_size, cancel=cancel)
     return (yield from analyze(request.volume, options))
 
 
@@ -157,6 +160,7 @@ class AnalysisController(QObject):
         self.device = "auto"
         self.cam = "lesions"
         self.cam_layer: str | None = None
+        self.cam_method: str | None = None
         self.result: Any = None
         #: The request that produced ``result`` (which model on which device, for more Grad-CAM maps).
         self.result_request: AnalysisRequest | None = None
@@ -165,10 +169,13 @@ class AnalysisController(QObject):
         self.shutdown_hooks: list[Callable[[float], None]] = []
 
     # -- configuration ----------------------------------------------------------------------
-    def configure(self, model: str | None = None, device: str | None = None, cam_layer: str | None = None) -> None:
-        """Options of the next run; None keeps one, ``""`` resets the model / Grad-CAM layer to the default."""
+    def configure(self, model: str | None = None, device: str | None = None, cam_layer: str | None = None,
+                  cam_method: str | None = None) -> None:
+        """Options of the next run; None keeps one, ``""`` resets the model / Grad-CAM layer / method to the default."""
         if cam_layer is not None:
             self.cam_layer = cam_layer or None
+        if cam_method is not None:
+            self.cam_method = cam_method or None
         if model is not None:
             self.model = model or None
         if device is not None:
@@ -207,7 +214,7 @@ class AnalysisController(QObject):
                 f"{volume.not_analysable_reason}")))
             return False
         request = AnalysisRequest(volume=volume, model=self.model, device=self.device, cam=self.cam,
-                                  cam_layer=self.cam_layer)
+                                  cam_layer=self.cam_layer, cam_method=self.cam_method)
         generation = self._generation
         worker = GeneratorWorker(self.runner, request, background=True)
         worker.yielded.connect(lambda p: generation == self._generation and self.progress.emit(p))

@@ -13,7 +13,8 @@ from PySide6.QtCore import QObject, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QComboBox, QDockWidget, QMenu, QSlider
 
-from ctscreen.inference.camlayers import arch_of_model, describe, layers_for
+from ctscreen.inference.camlayers import (CAM_METHOD_NAMES, DEFAULT_CAM_METHOD, arch_of_model, describe,
+                                         describe_method, layers_for)
 from ctscreen.viewer.analysis import (DEVICE_CHOICES, MODEL_LABELS, AnalysisController, shipped_default,
                                        shipped_models)
 from ctscreen.viewer.cam_on_demand import CamOnDemand
@@ -132,6 +133,18 @@ class AnalysisUi(QObject):
         self.cam_layer_combo.setObjectName("camLayerCombo")
         self.cam_layer_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self._fill_cam_layers()
+        self.cam_method_combo = QComboBox()
+        self.cam_method_combo.setObjectName("camMethodCombo")
+        self.cam_method_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        for name in CAM_METHOD_NAMES:
+            self.cam_method_combo.addItem(name, name)
+            self.cam_method_combo.setItemData(self.cam_method_combo.count() - 1, describe_method(name),
+                                              Qt.ItemDataRole.ToolTipRole)
+        self.cam_method_combo.setToolTip("How the activation map is made (benchmarks/explanations.py chose the "
+                                         "default). Used by the next Analyze; with a result on screen, the map "
+                                         "of each slice is computed with this method as you view it.")
+        self.cam_method_combo.setCurrentIndex(max(0, self.cam_method_combo.findData(DEFAULT_CAM_METHOD)))
+        self.cam_method_combo.currentIndexChanged.connect(self._cam_layer_changed)
         self.model_combo.currentIndexChanged.connect(self._model_changed)
         self.cam_layer_combo.currentIndexChanged.connect(self._cam_layer_changed)
         self.device_combo.currentIndexChanged.connect(self._sync_controller)
@@ -187,6 +200,7 @@ class AnalysisUi(QObject):
         bar.addAction(self.lung_action)
         bar.addAction(self.cam_action)
         bar.addWidget(self.cam_layer_combo)
+        bar.addWidget(self.cam_method_combo)
         bar.addWidget(self.cam_opacity)
         self.toolbar = bar
 
@@ -200,6 +214,16 @@ class AnalysisUi(QObject):
         analysis_menu.addSeparator()
         for action in self.overlay_actions:
             analysis_menu.addAction(action)
+        # the toolbar can run out of room on a narrow window: the map method is in the menu as well
+        self.cam_method_menu = analysis_menu.addMenu("Grad-CAM &method")
+        self.cam_method_actions: dict[str, QAction] = {}
+        for i, name in enumerate(CAM_METHOD_NAMES):
+            action = self.cam_method_menu.addAction(describe_method(name))
+            action.setCheckable(True)
+            action.triggered.connect(lambda _=False, j=i: self.cam_method_combo.setCurrentIndex(j))
+            self.cam_method_actions[name] = action
+        self.cam_method_combo.currentIndexChanged.connect(self._check_cam_method_action)
+        self._check_cam_method_action()
         analysis_menu.addSeparator()
         analysis_menu.addAction(self.dock.toggleViewAction())
         w.view_menu.addAction(self.dock.toggleViewAction())
@@ -240,7 +264,8 @@ class AnalysisUi(QObject):
     def _sync_controller(self, *_: Any) -> None:
         self.controller.configure(model=self.model_combo.currentData() or "",
                                   device=self.device_combo.currentData() or "auto",
-                                  cam_layer=self.cam_layer_combo.currentData() or "")
+                                  cam_layer=self.cam_layer_combo.currentData() or "",
+                                  cam_method=self.cam_method_combo.currentData() or "")
 
     # -- Grad-CAM layer ------------------------------------------------------------------------------------
     def _fill_cam_layers(self) -> None:
@@ -267,6 +292,11 @@ class AnalysisUi(QObject):
         self.cam_layer_combo.setToolTip(f"Grad-CAM layer: {text}. Used by the next Analyze; with a result on "
                                         "screen, the map of each slice is computed at this layer as you view it.")
 
+    def _check_cam_method_action(self, *_: Any) -> None:
+        current = self.cam_method_combo.currentData()
+        for name, action in self.cam_method_actions.items():
+            action.setChecked(name == current)
+
     def _model_changed(self, *_: Any) -> None:
         self._fill_cam_layers()
         self._sync_controller()
@@ -281,9 +311,12 @@ class AnalysisUi(QObject):
     def _follow_cam_layer(self) -> bool:
         """Show the chosen layer's maps when the result came from a model of the chosen architecture."""
         layer = self.cam_layer_combo.currentData() or ""
-        if self.controller.result is None or not layer or self._combo_arch != self._result_arch:
+        result = self.controller.result
+        if result is None or not layer or self._combo_arch != self._result_arch:
             return False
-        self.cam.set_layer(layer)
+        method = self.cam_method_combo.currentData() or ""
+        own = getattr(result, "cam_method", "") or ""
+        self.cam.set_layer(layer if not method or not own or method == own else f"{layer}@{method}")
         return True
 
     def _show_display_result(self, shown: Any) -> None:

@@ -10,8 +10,10 @@ set of slices with a map does not depend on the layer.
 
 The model is loaded once per ``(model, device)`` in the worker thread and kept
 for the process (:func:`cached_model`); torch is imported there, never here at
-module level. What is shown is a copy of the result whose ``cam``,
-``cam_outside_fraction`` and ``cam_layer`` are those of the chosen layer
+module level. A layer key may name a map method too, ``"decoder2@gradcam"``
+(the "CAM method" box; a plain layer name keeps the analysis' method).
+What is shown is a copy of the result whose ``cam``,
+``cam_outside_fraction``, ``cam_layer`` and ``cam_method`` are those of the chosen layer
 (:meth:`CamOnDemand.display_result`); the analysis result itself is not changed.
 """
 
@@ -77,9 +79,10 @@ def compute_cam(job: CamJob, cancel: threading.Event) -> Generator[str, None, tu
     yield "gradcam"
     from ctscreen.inference.gradcam import gradcam_for_result
 
+    layer, _, method = job.layer.partition("@")
     with lock:
         try:
-            cam, outside = gradcam_for_result(model, job.result, job.index, job.layer)
+            cam, outside = gradcam_for_result(model, job.result, job.index, layer, method or None)
         except ValueError as exc:  # e.g. a layer this model does not have
             raise CtscreenError(str(exc)) from exc
     # float16 like AnalysisResult.cam (the maps land in a result copy; the drawing converts at use)
@@ -186,7 +189,9 @@ class CamOnDemand(QObject):
             if layer == self.layer:
                 cam[k] = m
                 outside[k] = share
-        return dataclasses.replace(self.result, cam=cam, cam_outside_fraction=outside, cam_layer=self.layer)
+        layer, _, method = self.layer.partition("@")
+        return dataclasses.replace(self.result, cam=cam, cam_outside_fraction=outside, cam_layer=layer,
+                                   cam_method=method or getattr(self.result, "cam_method", ""))
 
     # -- scheduling ----------------------------------------------------------------------------------
     @Slot(int)

@@ -78,7 +78,9 @@ def totals_html(result: Any) -> str:
         "<tr><th>Right</th>" + "".join(zone_cell(z) for z in ("RU", "RM", "RL")) + "</tr>"
         "<tr><th>Left</th>" + "".join(zone_cell(z) for z in ("LU", "LM", "LL")) + "</tr></table>",
         f"<small>Severity per zone 0–5 (share of the zone involved). Model {model} on {device}"
-        + (f"; Grad-CAM at {escape(result.cam_layer)}" if result.cam_layer else "") + ".</small>",
+        + (f"; Grad-CAM at {escape(result.cam_layer)}" if result.cam_layer else "")
+        + (f" ({escape(result.cam_method)})" if result.cam_layer and getattr(result, "cam_method", "") else "")
+        + ".</small>",
     ]
     if flagged:
         shown = ", ".join(str(k + 1) for k in flagged[:12]) + (" …" if len(flagged) > 12 else "")
