@@ -224,8 +224,9 @@ def test_lesion_navigator(window, qtbot):
     window.reading.set_layout("2x2")
     result = fake_result(window.slice_view.volume)
     window.analysis_ui._on_finished(result)
-    window.reading._on_result(result)  # the controller's finished_ok does this in the app
     nav = window.reading.navigator
+    with qtbot.waitSignal(nav.lesionsReady, timeout=20000):  # found in a background worker
+        window.reading._on_result(result)  # the controller's finished_ok does this in the app
     assert [les.voxel_count for les in nav.lesions] == [600, 60]
     assert nav.table.rowCount() == 2 and nav.table.item(0, 2).text() == "left"
     assert nav.table.item(0, 4).text() == "mixed" and nav.table.item(1, 3).text() == "R upper"

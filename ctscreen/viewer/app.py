@@ -117,8 +117,11 @@ def _screenshot(window, args: Namespace) -> int:
                 rows = list(analysis.result.measurements.rows)
                 if rows:
                     window.slice_view.set_slice(max(rows, key=lambda r: r.lesion_area_mm2).index)
+                navigator = window.reading.navigator
                 if window.reading.layout.name != "axial":
-                    window.reading.navigator.go_to(0)  # the planes through the largest lesion
+                    if navigator.busy:
+                        _wait_for({"ready": navigator.lesionsReady}, max(1.0, deadline - time.monotonic()))
+                    navigator.go_to(0)  # the planes through the largest lesion
     # Let layouts, docks and the deferred tag refresh settle before grabbing.
     end = time.monotonic() + 0.4
     app = QApplication.instance()

@@ -1,30 +1,45 @@
 """The lesion navigator: the analysis's 3-D lesions, largest first, one click (or N / Shift+N) away.
 
-The lesions come from :func:`ctscreen.imaging.lesions.lesions_of` (no Qt); choosing one
-emits ``lesionActivated`` with it, and the layout centres every pane on its centre voxel.
+The lesions come from :func:`ctscreen.imaging.lesions.lesions_of` (no Qt), labelled in a
+background worker (about a second for a study with thousands of specks: not on the GUI
+thread); choosing one emits ``lesionActivated`` with it, and the layout centres every pane
+on its centre voxel.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import threading
+from collections.abc import Generator
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
+from ctscreen.errors import Cancelled
 from ctscreen.imaging.lesions import Lesion, lesions_of
+from ctscreen.viewer.worker import GeneratorWorker
 
 COLUMNS = ("#", "Volume mL", "Lung", "Zone", "Type", "Slices")
 
 
+def _find_lesions(result: Any, cancel: threading.Event) -> Generator[None, None, list[Lesion]]:
+    yield None
+    return lesions_of(result)
+
+
 class LesionNavigator(QWidget):
-    """A table of lesions; ``lesionActivated(Lesion)`` when one is chosen."""
+    """A table of lesions; ``lesionActivated(Lesion)`` when one is chosen, ``lesionsReady`` once listed."""
 
     lesionActivated = Signal(object)
+    lesionsReady = Signal()
 
     def __init__(self) -> None:
         super().__init__()
         self.lesions: list[Lesion] = []
         self.current = -1
+        self._result: Any = None
+        self._workers: set[GeneratorWorker] = set()
         self.summary = QLabel("No analysis yet: Analyze (F5) lists the lesions here.")
         self.summary.setWordWrap(True)
         self.table = QTableWidget(0, len(COLUMNS))
@@ -40,9 +55,48 @@ class LesionNavigator(QWidget):
         layout.addWidget(self.summary)
         layout.addWidget(self.table, 1)
 
+    @property
+    def busy(self) -> bool:
+        return any(w.is_running for w in self._workers)
+
     def set_result(self, result: Any) -> None:
-        """List ``result``'s lesions (None: clear)."""
-        self.lesions = lesions_of(result) if result is not None else []
+        """List ``result``'s lesions (None: clear); they are found in a background worker."""
+        self._result = result
+        for worker in self._workers:
+            worker.cancel()
+        self._show([], None)
+        if result is None:
+            return
+        self.summary.setText("Finding the 3-D lesions…")
+        worker = GeneratorWorker(_find_lesions, result, background=True)
+        worker.returned.connect(lambda found, r=result: self._found(r, found))
+        worker.errored.connect(lambda exc, r=result: self._failed(r, exc))
+        worker.finished.connect(lambda: self._finished(worker))
+        self._workers.add(worker)
+        worker.start()
+
+    def _found(self, result: Any, found: list[Lesion]) -> None:
+        if result is self._result:
+            self._show(found, result)
+            self.lesionsReady.emit()
+
+    def _failed(self, result: Any, exc: BaseException) -> None:
+        if result is self._result and not isinstance(exc, Cancelled):
+            self.summary.setText(f"The lesions could not be listed: {exc}")
+
+    def _finished(self, worker: GeneratorWorker) -> None:
+        self._workers.discard(worker)
+        worker.deleteLater()
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Stop listing (window closing)."""
+        for worker in list(self._workers):
+            worker.cancel()
+            worker.wait(timeout_s)
+            worker.blockSignals(True)
+
+    def _show(self, lesions: list[Lesion], result: Any) -> None:
+        self.lesions = lesions
         self.current = -1
         table = self.table
         table.setRowCount(len(self.lesions))

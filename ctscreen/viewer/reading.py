@@ -137,6 +137,10 @@ class ReadingUi(QObject):
 
         volume_loaded.connect(self._on_volume)
         analysis.finished_ok.connect(self._on_result)
+        self.navigator.lesionsReady.connect(self._lesions_ready)
+        shutdown_hooks = getattr(analysis, "shutdown_hooks", None)
+        if shutdown_hooks is not None:  # the window's closing stops the lesion worker too
+            shutdown_hooks.append(self.navigator.shutdown)
         self._settings = settings
         if settings is not None:
             remembered = settings.value("view/layout", "axial")
@@ -168,6 +172,8 @@ class ReadingUi(QObject):
             return
         self.layout.set_result(result)
         self.navigator.set_result(result)
+
+    def _lesions_ready(self) -> None:
         if self.navigator.lesions:
             self.lesions_dock.show()
 

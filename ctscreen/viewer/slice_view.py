@@ -32,6 +32,7 @@ from ctscreen.viewer.display import Window, WindowLut
 _TEXT_COLOUR = (230, 230, 230)
 _DIM_COLOUR = (170, 200, 230)
 _MARGIN_PX = 6.0
+_NARROW_PX = 360.0
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,8 @@ class SliceView(QWidget):
         self.orient_top.setPos(w / 2, m)
         self.orient_bottom.setPos(w / 2, h - m)
         self.empty_hint.setPos(w / 2, h / 2)
+        # A narrow pane (1x3 layout) has no room for two text columns: the study text gives way.
+        self.text_top_left.setVisible(w >= _NARROW_PX)
 
     def _update_annotations(self) -> None:
         vol = self._volume
