@@ -63,6 +63,9 @@ def window(qtbot, tmp_path) -> MainWindow:
     win.resize(1360, 860)
     win.show()
     qtbot.waitExposed(win)
+    # No background torch import (the viewer warms up 1.5 s after a study appears): it would still be
+    # importing, changing sys.modules, while the next test is set up. These tests never need torch.
+    win.analysis_ui._warm_timer.timeout.disconnect()
     win.show_volume(phantom())
     return win
 

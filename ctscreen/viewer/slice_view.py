@@ -250,8 +250,13 @@ class SliceView(QWidget):
         self.orient_top.setPos(w / 2, m)
         self.orient_bottom.setPos(w / 2, h - m)
         self.empty_hint.setPos(w / 2, h / 2)
-        # A narrow pane (1x3 layout) has no room for two text columns: the study text gives way.
-        self.text_top_left.setVisible(w >= _NARROW_PX)
+        # A narrow pane (1x3 layout) has no room for two text columns: the study text gives way,
+        # and the top / bottom letters move clear of the slice and window text.
+        narrow = w < _NARROW_PX
+        self.text_top_left.setVisible(not narrow)
+        if narrow:
+            self.orient_top.setPos(w / 2, m + 50)
+            self.orient_bottom.setPos(w / 2, h - m - 22)
 
     def _update_annotations(self) -> None:
         vol = self._volume
