@@ -397,3 +397,50 @@ def test_pacs_query_as_the_source(tmp_path, tiny_model, monkeypatch, capsys):
         assert "error" in capsys.readouterr().err.splitlines()[-1]
     finally:
         server.stop()
+
+
+def test_a_killed_worker_is_replaced_and_its_study_retried(archive, tmp_path, tiny_model):
+    """A worker process that dies (out of memory, killed) does not stop the batch."""
+    import threading
+
+    import psutil
+
+    out = tmp_path / "out"
+    killed = []
+
+    def kill_first_worker():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            if out.is_dir() and any(p.name.startswith(".ctscreen-staging-") for p in out.iterdir()):
+                for child in psutil.Process().children(recursive=True):
+                    if "resource_tracker" not in " ".join(child.cmdline()):
+                        child.kill()
+                        killed.append(child.pid)
+                        return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_first_worker, daemon=True)
+    watcher.start()
+    gen = run_batch(discover_studies(archive), out, BatchOptions(model=tiny_model, png="none", cam="none"), workers=1)
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            next(gen)
+    watcher.join()
+    summary = stop.value.value
+    assert killed, "no worker was seen inside a study"
+    assert summary.counts["done"] == 2 and summary.extra["pool_restarts"] == 1
+    _no_staging(out)
+
+
+def test_a_result_caught_between_its_two_renames_is_restored(tmp_path):
+    from ctscreen.batch.engine import clean_staging
+    from ctscreen.batch.study import OLD, STAGING
+
+    out = tmp_path / "out"
+    (out / f"{OLD}study-abc-x1y2" / "r").mkdir(parents=True)  # the earlier result, moved aside ...
+    (out / f"{OLD}study-abc-x1y2" / "r" / BATCH_JSON).write_text("{}")
+    (out / f"{STAGING}study-abc-k3j4").mkdir()  # ... and the new one never moved in
+    (out / f"{STAGING}study-abc-k3j4" / "report.json").write_text("{}")
+    assert clean_staging(out) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["study-abc"]
+    assert (out / "study-abc" / BATCH_JSON).is_file()
