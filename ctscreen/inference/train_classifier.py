@@ -426,7 +426,7 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
         epochs = 30
     n_tr = len(tr.images)
     steps_per_epoch = max(1, math.ceil(n_tr / batch_size))
-    best_key, best_state, best_metrics, best_epoch = -1e9, None, {}, -1
+    best_key, best_state, best_epoch = -1e9, None, -1
     history = []
     epoch = 0
     t_train = time.time()
@@ -472,7 +472,7 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
             key, m = _score(va.labels, probs, classes)
             row.update({k: round(v, 4) for k, v in m.items() if isinstance(v, float)})
             if key > best_key:
-                best_key, best_metrics, best_epoch = key, m, epoch
+                best_key, best_epoch = key, epoch
                 best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
                 # keep the best so far on disk, so an interrupted run still leaves usable weights
                 C.save_classifier(net, classes, out, {"interim": True, "input_size": size, "epoch": epoch,
@@ -480,7 +480,7 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
         history.append(row)
         if log is not None:
             print(json.dumps(row), file=log, flush=True)
-    bar.close() if hasattr(bar, "close") else None
+    bar.close()
     if best_state is not None:
         net.load_state_dict(best_state)
     final = {}
