@@ -156,6 +156,7 @@ def run(n_cases: int, seed0: int, timeout_s: float, mem_gb: float, workers: int,
     case_times: list[float] = []
     slowest: list[tuple] = []  # (seconds, seed, kinds) of the five slowest cases
     build_errors = 0
+    build_error_examples: list[dict] = []
     started = time.time()
     in_flight: dict = {}
     next_seed = seed0
@@ -175,6 +176,8 @@ def run(n_cases: int, seed0: int, timeout_s: float, mem_gb: float, workers: int,
             outcome, detail, kinds, dt = result
         if outcome == "build_error":
             build_errors += 1
+            if len(build_error_examples) < 5:
+                build_error_examples.append({"seed": seed, "error": detail})
         else:
             counts[outcome] += 1
             case_times.append(dt)
@@ -201,6 +204,7 @@ def run(n_cases: int, seed0: int, timeout_s: float, mem_gb: float, workers: int,
             "cases_run": sum(counts.values()),
             "cases_requested": n_cases,
             "build_errors": build_errors,
+            "build_error_examples": build_error_examples,
             "seed_first": seed0,
             "bases": [f"{b.name}: {len(b.datasets)} slices" for b in bases],
             "mutation_kinds": len(dm.KINDS),

@@ -482,12 +482,16 @@ def _pixel_representation_signed(w: Work) -> None:
 
 # Transfer syntax and encoding.
 def _with_transfer_syntax(data: bytes, uid: str) -> bytes:
-    """The file with its file meta saying ``uid`` (the dataset bytes unchanged)."""
+    """The file with its file meta saying ``uid`` (the dataset bytes unchanged); a file whose
+    meta an earlier mutation destroyed is returned as it is."""
     from pydicom.filereader import _read_file_meta_info, read_preamble
 
     bio = io.BytesIO(data)
-    read_preamble(bio, True)
-    meta = _read_file_meta_info(bio)
+    try:
+        read_preamble(bio, True)
+        meta = _read_file_meta_info(bio)
+    except Exception:  # noqa: BLE001 - cut or flipped by another mutation
+        return data
     rest = data[bio.tell():]
     meta.TransferSyntaxUID = uid
     out = io.BytesIO()
@@ -540,8 +544,11 @@ def _deflate_bomb(w: Work) -> None:
     if not data:
         return
     bio = io.BytesIO(data)
-    read_preamble(bio, True)
-    _read_file_meta_info(bio)
+    try:
+        read_preamble(bio, True)
+        _read_file_meta_info(bio)
+    except Exception:  # noqa: BLE001 - cut or flipped by another mutation
+        return
     body = data[bio.tell():]
     at = body.rfind(b"\xe0\x7f\x10\x00")
     if at < 0:
