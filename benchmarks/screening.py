@@ -19,6 +19,9 @@ Prints one JSON object:
   is the wall time on free cores) and the reference: the segmentation stage's time in the
   same run. ``--cache DIR`` keeps the analysed masks so a rerun (another classifier) only
   re-scores; a cached case takes its RSNA category from the rules on the cached masks.
+  Each case says its ``role``: a study whose slices are in the classifier's training data
+  (``--extra-study``, listed in the model card) is labelled a *training study* - its
+  verdict is then a training-set figure, not a measure on unseen patients.
 
 Usage::
 
@@ -73,10 +76,17 @@ def validation(path: str | None) -> dict:
             **_figures(res)}
 
 
+def training_studies(card: dict) -> set[str]:
+    """Names of the DICOM studies whose slices trained the classifier (from its model card)."""
+    notes = (card.get("data") or {}).get("extra_study_training") or []
+    return {n.split(":", 1)[0].strip() for n in notes}
+
+
 def patients(clf_path: str | None, cache: str | None = None) -> dict:
     from ctscreen.inference.pipeline import AnalyzeOptions, run_analysis
 
     clf = C.load_classifier(clf_path, device="cpu")
+    trained_on = training_studies(clf.card)
     out = {}
     truth = {"P001": "covid19", "cap001": "other_pneumonia", "normal001": "no_pneumonia"}
     for case in ("P001", "cap001", "normal001"):
@@ -85,7 +95,10 @@ def patients(clf_path: str | None, cache: str | None = None) -> dict:
             out[case] = {"error": f"{folder} not found"}
             continue
         cached = Path(cache) / f"{case}.npz" if cache else None
-        row: dict = {"truth": truth[case]}
+        row: dict = {"truth": truth[case],
+                     "role": ("training study: its slices trained this classifier, so its verdict is a "
+                              "training-set figure, not a held-out one") if case in trained_on
+                     else "not in this classifier's training data"}
         if cached is not None and cached.exists():  # masks of an earlier run of this benchmark
             from ctscreen.io.dicom import load_series
             from ctscreen.imaging.screening import assess

@@ -217,3 +217,52 @@ def test_missing_classifier_is_a_clear_error(tmp_path):
     torch.save({"format": "ctscreen-model/1"}, bad)
     with pytest.raises(ModelLoadError, match="not a ctscreen classifier"):
         C.load_classifier(bad)
+
+
+def test_extra_study_slices_take_the_labelled_infected_slices_and_train_as_non_covid(tmp_path):
+    from conftest import synthetic_series
+
+    infected = {2, 4}  # instance numbers labelled infected
+
+    def pixels(k, rows, cols):  # stored = HU + 1024: body, two lungs, a lesion patch on infected slices
+        hu = np.full((rows, cols), -1000, np.int16)
+        hu[8:56, 6:58] = 40
+        hu[14:50, 10:30] = -850
+        hu[14:50, 34:54] = -850
+        if k + 1 in infected:
+            hu[20:30, 12:22] = -300
+        return (hu + 1024).astype(np.uint16)
+
+    s = synthetic_series(tmp_path, 6, name="cap9", rows=64, cols=64, pixels=pixels)
+    rows = ["sop_instance_uid,instance_number,slice_location_mm,infection"]
+    rows += [f"{u},{k + 1},0,{int(k + 1 in infected)}" for k, u in enumerate(s.sop_instance_uids)]
+    (tmp_path / "cap9.labels.csv").write_text("\n".join(rows) + "\n")
+    imgs, names, note = T.extra_study_slices(s.folder)
+    assert len(imgs) == 2 and "2 of 2 slices labelled infected" in note
+    lesion_grey = (-300 - (-1080)) / 1335
+    assert all(np.isclose(im, lesion_grey, atol=0.01).sum() >= 50 for im in imgs)  # the app's HU window
+    data = _write_images(tmp_path / "data")
+    res = T.train_classifier(data, tmp_path / "m.pt", epochs=1, size=32, batch_size=4, device="cpu", init="none",
+                             quiet=True, extra_studies=[("other_pneumonia", s.folder)], extra_repeat=2)
+    card = res["card"]
+    # binary model: the other-pneumonia study trains the non-COVID class (2 slices x 2), never validates
+    assert card["data"]["val_counts"]["non_covid"] == 1 and card["data"]["train_counts"]["non_covid"] == 3 + 4
+    assert "cap9: 2 of 2" in card["data"]["extra_study_training"][0]
+    assert "training only" in (tmp_path / "m.md").read_text()
+    with pytest.raises(T.DataError, match="influenza_a"):
+        T.train_classifier(data, tmp_path / "m2.pt", epochs=1, size=32, device="cpu", init="none", quiet=True,
+                           extra_studies=[("influenza_a", s.folder)])
+
+
+def test_figure_augmentation_adds_paper_artefacts_seeded_and_in_range():
+    img = np.tile(np.linspace(0.2, 0.8, 96, dtype=np.float32), (96, 1))
+    a = [T.augment(img, 64, np.random.default_rng(s), figure=True) for s in range(40)]
+    b = [T.augment(img, 64, np.random.default_rng(s), figure=True) for s in range(40)]
+    plain = [T.augment(img, 64, np.random.default_rng(s)) for s in range(40)]
+    assert all(x.shape == (64, 64) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1 for x in a)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))  # seeded
+    assert sum(not np.allclose(x, y) for x, y in zip(a, plain)) >= 10  # artefacts on a good share
+    rng = np.random.default_rng(0)
+    marked = [T.figure_like(np.full((64, 64), 0.5, np.float32), rng) for _ in range(200)]
+    # margins, bars and arrows put pure black/white pixels into a flat grey image
+    assert sum(bool(((m <= 0.01) | (m >= 0.99)).any()) for m in marked) >= 40

@@ -25,6 +25,13 @@ def add_parser(sub: Any) -> None:
                         "or a classifier .pt to fine-tune (e.g. the shipped one)")
     t.add_argument("--extra-covid", action="append", default=[], metavar="DIR",
                    help="extra COVID-19 images for training only (a COVID-SemiSeg folder: its lesion slices); repeatable")
+    t.add_argument("--extra-study", action="append", default=[], metavar="CLASS=DIR",
+                   help="slices of a DICOM study for training only, labelled CLASS (e.g. covid19=.../P001); "
+                        "a <DIR>.labels.csv with an 'infection' column selects the infected slices; repeatable")
+    t.add_argument("--extra-repeat", type=int, default=1, help="times each --extra-study slice is seen per epoch")
+    t.add_argument("--augment", choices=["standard", "figure"], default="standard",
+                   help="figure: also paper-figure artefacts (low resolution, JPEG, margins, labels, arrows) on "
+                        "every class, against a source shortcut (default standard)")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--minutes", type=float, default=None, help="training time budget")
     g.add_argument("--epochs", type=int, default=None, help="number of epochs (default 30)")
@@ -52,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{out}: the weights file must end in .pt")
     if out.exists() and not args.force:
         raise DataError(f"{out} exists - choose another --out or pass --force to overwrite it")
+    studies = []
+    for item in args.extra_study:
+        cls_name, sep, folder = item.partition("=")
+        if not sep or not cls_name or not folder:
+            raise DataError(f"--extra-study {item!r}: write CLASS=FOLDER, e.g. covid19=../studies/P001")
+        studies.append((cls_name, Path(folder)))
     command = "ctscreen " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     log = open(args.log, "a") if args.log else None
     try:
@@ -59,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
                                epochs=args.epochs, seed=args.seed, device=args.device, size=args.size,
                                batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
                                threads=args.threads, quiet=args.quiet, command=command, log=log,
-                               extra_covid=[Path(d) for d in args.extra_covid])
+                               extra_covid=[Path(d) for d in args.extra_covid],
+                               extra_studies=studies, extra_repeat=args.extra_repeat,
+                               figure_aug=args.augment == "figure")
     finally:
         if log:
             log.close()

@@ -213,10 +213,116 @@ def extra_covid_images(root: Path, per_volume: int = 10, min_lesion_fraction: fl
     return imgs, names, note
 
 
+def extra_study_slices(study: Path, n: int = 40) -> tuple[list[np.ndarray], list[str], str]:
+    """Training slices of one DICOM study, rendered exactly as the app renders its input.
+
+    Slices go through the app's own path (:func:`ctscreen.io.dicom.load_series`, the thorax
+    box of the whole volume, :func:`ctscreen.inference.preprocess.hu_to_unit`). When a slice
+    label table ``<study>.labels.csv`` (beside the folder) or ``<study>/labels.csv`` with an
+    ``infection`` column exists (the COVID-CT-MD layout), only slices labelled infected are
+    taken - a pneumonia study's clear slices are no example of its class; otherwise the
+    lung-containing slices. At most ``n``, evenly spaced.
+    """
+    import csv
+
+    from ctscreen.imaging.lungmask import lung_mask
+    from ctscreen.inference.preprocess import hu_to_unit, thorax_box
+    from ctscreen.io.dicom import load_series
+
+    study = Path(study)
+    if not study.is_dir():
+        raise DataError(f"{study}: not a DICOM study folder (--extra-study CLASS=FOLDER)")
+    vol = load_series(study)
+    table = next((t for t in (study.parent / f"{study.name}.labels.csv", study / "labels.csv") if t.is_file()), None)
+    if table is not None:
+        with open(table, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if not rows or "infection" not in rows[0]:
+            raise DataError(f"{table}: slice label table without an 'infection' column")
+        by_uid = {r.get("sop_instance_uid", ""): r for r in rows}
+        by_num = {str(r.get("instance_number", "")): r for r in rows}
+        idx = []
+        for k in range(vol.hu.shape[0]):
+            uid = vol.sop_instance_uids[k] if k < len(vol.sop_instance_uids) else ""
+            num = vol.instance_numbers[k] if k < len(vol.instance_numbers) else None
+            r = by_uid.get(uid) or by_num.get(str(num))
+            if r is not None and str(r["infection"]).strip() not in ("", "0"):
+                idx.append(k)
+        how = f"slices labelled infected in {table.name}"
+    else:
+        lung = lung_mask(vol)
+        plane = lung.shape[1] * lung.shape[2]
+        idx = [int(k) for k in np.flatnonzero((lung > 0).reshape(len(lung), -1).sum(axis=1) >= 0.03 * plane)]
+        how = "lung-containing slices (no slice labels)"
+    if not idx:
+        raise DataError(f"{study}: no usable slices ({how})")
+    pick = sorted({idx[int(round(j))] for j in np.linspace(0, len(idx) - 1, min(n, len(idx)))})
+    y0, y1, x0, x1 = thorax_box(vol.hu)
+    imgs = [_shrink(hu_to_unit(vol.hu[k, y0:y1, x0:x1])) for k in pick]
+    return imgs, [f"study/{study.name}#{k}" for k in pick], f"{study.name}: {len(pick)} of {len(idx)} {how}"
+
+
 # ---------------------------------------------------------------- augmentation
 
-def augment(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One augmented ``(size, size)`` sample of a [0, 1] image (see the module docstring)."""
+#: What ``--augment figure`` adds to the standard augmentation (model cards quote it).
+FIGURE_AUGMENTATION = ("'figure' augmentation, each with p 0.25, to every class alike: down- and re-upscaling "
+                       "(35-80 %), JPEG re-encoding (quality 15-60), a plain margin on 1-2 sides (3-12 %), "
+                       "1-4 text-like bars / arrow strokes (black or white)")
+
+
+def figure_like(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Make a clean [0, 1] CT rendering look more like a figure cut from a paper (and vice versa).
+
+    The UCSD COVID class is mostly paper figures (low resolution, JPEG, margins, labels and
+    arrows) and its non-COVID class mostly clean renderings, so "clean rendering" alone
+    predicts non-COVID there. Applying these artefacts at random to every image of every
+    class takes that shortcut away. Square ``img`` in, same shape out.
+    """
+    import cv2
+
+    out = img.astype(np.float32, copy=True)
+    n = out.shape[0]
+    if rng.random() < 0.25:  # resolution loss
+        f = rng.uniform(0.35, 0.8)
+        small = cv2.resize(out, (max(8, round(n * f)), max(8, round(n * f))), interpolation=cv2.INTER_AREA)
+        out = cv2.resize(small, (n, n), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.25:  # JPEG artefacts
+        ok, enc = cv2.imencode(".jpg", np.clip(out * 255, 0, 255).astype(np.uint8),
+                               [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(15, 61))])
+        if ok:
+            out = cv2.imdecode(enc, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+    if rng.random() < 0.25:  # a plain page margin
+        v = float(rng.choice([0.0, 1.0]))
+        for side in rng.choice(4, size=int(rng.integers(1, 3)), replace=False):
+            m = int(round(n * rng.uniform(0.03, 0.12)))
+            if side == 0:
+                out[:m] = v
+            elif side == 1:
+                out[-m:] = v
+            elif side == 2:
+                out[:, :m] = v
+            else:
+                out[:, -m:] = v
+    if rng.random() < 0.25:  # labels and arrows
+        for _ in range(int(rng.integers(1, 5))):
+            v = float(rng.choice([0.0, 1.0]))
+            x0, y0 = int(rng.integers(0, n)), int(rng.integers(0, n))
+            if rng.random() < 0.5:  # a text-like bar
+                w, h = int(rng.integers(n // 20, n // 5)), int(rng.integers(n // 40 + 1, n // 16 + 2))
+                out[y0:y0 + h, x0:x0 + w] = v
+            else:  # an arrow stroke
+                a = rng.uniform(0, 2 * math.pi)
+                ln = rng.uniform(0.05, 0.15) * n
+                x1, y1 = int(x0 + ln * math.cos(a)), int(y0 + ln * math.sin(a))
+                cv2.arrowedLine(out, (x0, y0), (x1, y1), v, max(1, n // 100), tipLength=0.4)
+    return out
+
+
+def augment(img: np.ndarray, size: int, rng: np.random.Generator, figure: bool = False) -> np.ndarray:
+    """One augmented ``(size, size)`` sample of a [0, 1] image (see the module docstring).
+
+    ``figure`` adds :func:`figure_like` artefacts (before the intensity changes).
+    """
     import cv2
 
     h, w = img.shape
@@ -242,6 +348,8 @@ def augment(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     out = cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     if rng.random() < 0.5:
         out = out[:, ::-1]
+    if figure:
+        out = figure_like(np.ascontiguousarray(out), rng)
     mean = float(out.mean())
     out = (out - mean) * math.exp(rng.uniform(math.log(0.75), math.log(1.33))) + mean + rng.uniform(-0.08, 0.08)
     out = np.clip(out, 0.0, 1.0) ** math.exp(rng.uniform(math.log(0.7), math.log(1.4)))
@@ -352,12 +460,19 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
                      minutes: float | None = None, epochs: int | None = None, seed: int = 0,
                      device: str = "auto", size: int = C.INPUT_SIZE, batch_size: int = 32, lr: float = 1e-3,
                      val_fraction: float = 0.2, threads: int | None = None, quiet: bool = False,
-                     command: str = "", log: Any = None, extra_covid: list[Path] | None = None) -> dict[str, Any]:
+                     command: str = "", log: Any = None, extra_covid: list[Path] | None = None,
+                     extra_studies: list[tuple[str, Path]] | None = None, extra_repeat: int = 1,
+                     figure_aug: bool = False) -> dict[str, Any]:
     """Train a classifier on ``data`` and write ``out`` (.pt) with its model card (.md, .json).
 
     ``init`` is ``seg-encoder``, ``none`` or a classifier ``.pt`` to fine-tune (tensors whose
     shapes match are copied: a binary model can start a three-way one). ``extra_covid`` folders
-    add COVID-19 images to the *training* part only (see :func:`extra_covid_images`).
+    add COVID-19 images to the *training* part only (see :func:`extra_covid_images`);
+    ``extra_studies`` (``(class, DICOM folder)`` pairs) add slices of whole studies, rendered
+    as the app renders them, to the training part only (see :func:`extra_study_slices`), each
+    slice ``extra_repeat`` times per epoch. A binary ``covid19``/``non_covid`` model takes
+    ``other_pneumonia`` and ``no_pneumonia`` studies as ``non_covid``. ``figure_aug`` adds
+    :func:`figure_like` artefacts to the augmentation.
     """
     t_start = time.time()
     if threads:
@@ -387,6 +502,19 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
         tr = ImageSet(tr.images + imgs, np.concatenate([tr.labels, np.full(len(imgs), ci, np.int64)]),
                       tr.names + names, tr.groups + names)
         extra_note.append(note)
+    study_note = []
+    for cls_name, folder in extra_studies or []:
+        key = C.canonical_class(cls_name)
+        if key not in classes and key in ("other_pneumonia", "no_pneumonia") and "non_covid" in classes:
+            key = "non_covid"
+        if key not in classes:
+            raise DataError(f"--extra-study {cls_name}={folder}: class {key!r} is not one of {', '.join(classes)}")
+        imgs, names, note = extra_study_slices(Path(folder))
+        reps = max(1, int(extra_repeat))
+        ci = classes.index(key)
+        tr = ImageSet(tr.images + imgs * reps, np.concatenate([tr.labels, np.full(len(imgs) * reps, ci, np.int64)]),
+                      tr.names + names * reps, tr.groups + names * reps)
+        study_note.append(f"{note} -> {key}" + (f" (x{reps} per epoch)" if reps > 1 else ""))
     if len(np.unique(tr.labels)) < 2:
         raise DataError(f"{data}: the training part needs images of at least two classes")
     net = C.SliceClassifier(num_classes=len(classes), head=head).to(dev)
@@ -453,7 +581,7 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
             factor = min(1.0, (epoch + b / steps_per_epoch + 1e-3) / warm) * 0.5 * (1 + math.cos(math.pi * f))
             for g in opt.param_groups:
                 g["lr"] = g["base"] * max(factor, 0.02)
-            x = torch.from_numpy(np.stack([augment(tr.images[i], size, rng)[None] for i in ix])).to(dev)
+            x = torch.from_numpy(np.stack([augment(tr.images[i], size, rng, figure=figure_aug)[None] for i in ix])).to(dev)
             y = torch.from_numpy(tr.labels[ix]).to(dev)
             loss = F.cross_entropy(net(x), y, weight=cw, label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
@@ -506,11 +634,12 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
         "intensity": "8-bit lung-window image / 255; DICOM: HU window [-1080, 255] -> [0, 1] after the thorax crop "
                      "(ctscreen.inference.preprocess)",
         "data": {"root": str(data), "split": split, "classes": list(classes), "extra_covid_training": extra_note,
+                 "extra_study_training": study_note,
                  "train_counts": {c: int((tr.labels == i).sum()) for i, c in enumerate(classes)},
                  "val_counts": {c: int((va.labels == i).sum()) for i, c in enumerate(classes)}},
         "augmentation": ("random resized crop (60-100 % area, aspect 3:4-4:3), rotation +-15 deg, left-right flip, "
                          "contrast x0.75-1.33, brightness +-0.08, gamma 0.7-1.4, Gaussian blur p0.3, noise p0.3; "
-                         "seeded numpy generator"),
+                         "seeded numpy generator") + (f"; {FIGURE_AUGMENTATION}" if figure_aug else ""),
         "recipe": {"optimizer": "AdamW, weight decay 5e-4", "lr_head": lr, "lr_encoder": enc_lr,
                    "schedule": "1 warm-up epoch, cosine decay", "loss": "class-weighted cross-entropy, label smoothing 0.1",
                    "batch_size": batch_size, "epochs_run": epoch, "epochs": epochs, "minutes": minutes, "seed": seed,
@@ -558,6 +687,8 @@ def write_card(out: Path, card: dict[str, Any]) -> None:
         f"- Folder: `{card['data']['root']}`",
         f"- Split: {card['data']['split']}",
         *[f"- Extra COVID-19 training images (never validated on): {n}" for n in card['data'].get('extra_covid_training', [])],
+        *[f"- Extra DICOM study slices (training only; these studies' own verdicts are therefore training-set "
+          f"figures): {n}" for n in card['data'].get('extra_study_training', [])],
         f"- Training images per class: {card['data']['train_counts']}",
         f"- Validation images per class: {card['data']['val_counts']}",
         f"- Augmentation: {card['augmentation']}",
