@@ -337,33 +337,34 @@ def _position_duplicate(w: Work) -> None:
     k = w.pick()
     other = 1 if k == 0 else k - 1
     _set(w.ds(k), "ImagePositionPatient", "DS",
-         [str(v) for v in w.ds(other).ImagePositionPatient])
+         [str(v) for v in w.datasets[other].ImagePositionPatient])  # the base's: never deleted
 
 
 @_kind("ds", True)
 def _position_all_same(w: Work) -> None:
-    pos = [str(v) for v in w.ds(0).ImagePositionPatient]
+    pos = [str(v) for v in w.datasets[0].ImagePositionPatient]
     for ds in w.all():
         _set(ds, "ImagePositionPatient", "DS", pos)
 
 
 @_kind("ds", True)
 def _position_far_slice(w: Work) -> None:  # finite but a metre away: a gap
-    ds = w.ds(w.pick())
-    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    k = w.pick()
+    ds = w.ds(k)
+    x, y, z = (float(v) for v in w.datasets[k].ImagePositionPatient)
     _set(ds, "ImagePositionPatient", "DS", [str(x), str(y), str(z + 900.0)])
 
 
 @_kind("ds", True)
 def _position_squeezed(w: Work) -> None:  # 0.02 mm apart: implausible slice spacing
-    x, y, z = (float(v) for v in w.ds(0).ImagePositionPatient)
+    x, y, z = (float(v) for v in w.datasets[0].ImagePositionPatient)
     for k, ds in enumerate(w.all()):
         _set(ds, "ImagePositionPatient", "DS", [str(x), str(y), f"{z - 0.02 * k:.4f}"])
 
 
 @_kind("ds", True)
 def _position_stretched(w: Work) -> None:  # 80 mm apart
-    x, y, z = (float(v) for v in w.ds(0).ImagePositionPatient)
+    x, y, z = (float(v) for v in w.datasets[0].ImagePositionPatient)
     for k, ds in enumerate(w.all()):
         _set(ds, "ImagePositionPatient", "DS", [str(x), str(y), str(z - 80.0 * k)])
 
