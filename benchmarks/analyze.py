@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ctscreen.cli import _parser  # noqa: E402
 from ctscreen.cli.analyze import analyze_folder  # noqa: E402
 
-STAGES = ("scan", "model", "load", "lung_mask", "segmentation", "postprocess", "gradcam", "measurements", "export")
+STAGES = ("scan", "model", "load", "lung_mask", "segmentation", "postprocess", "gradcam", "measurements", "screening",
+          "export")
 #: The last commit before issue 9 (one TTA view on the CPU, HiResCAM at decoder1, 3-D clean-up, NHWC weights).
 PREVIOUS_RELEASE = "cd73bdb"
 TARGET_CPU_150_S_ISSUE9 = 15.0

@@ -199,7 +199,7 @@ def p001_set(model, every: int, batch: int = 6) -> tuple[dict, dict, list]:
     from ctscreen.io.dicom import load_series
 
     vol = load_series(P001)
-    res = run_analysis(vol, AnalyzeOptions(model=model, cam="none"))
+    res = run_analysis(vol, AnalyzeOptions(model=model, cam="none", tta=1))  # the CPU default since issue 9
     with open(P001.parent / "P001.labels.csv", newline="") as fh:
         lab = {r["sop_instance_uid"]: int(r["infection"]) for r in csv.DictReader(fh)}
     infected = [k for k, u in enumerate(vol.sop_instance_uids) if lab.get(u) == 1]
@@ -256,11 +256,11 @@ def semiseg_set(model, names: list[str], batch: int = 6) -> tuple[dict, dict, li
         group = names[s:s + batch]
         imgs = [read_gray(SEMISEG / "train" / "Imgs" / f"{n}.jpg") for n in group]
         masks = [read_mask(SEMISEG / "train" / "GT" / f"{n}.png") > 0 for n in group]
-        keep = [i for i, m in enumerate(masks) if m.any()]
-        if not keep:
+        todo = [i for i, m in enumerate(masks) if m.any()]
+        if not todo:
             continue
         # one shape per batch: each slice is resized back to its own size, so go one by one within the group
-        for i in keep:
+        for i in todo:
             img, m = imgs[i], masks[i]
             x = torch.from_numpy(image_to_model_input(img, int(model.input_size))[None]).to(model.device)
             with torch.no_grad():

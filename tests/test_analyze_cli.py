@@ -133,7 +133,7 @@ def test_bad_inputs_exit_2_with_one_line(capsys, case, chest_folder, tiny_model,
 
 
 @pytest.mark.parametrize("model,layer,valid", [
-    (None, "decoder9", "decoder4, decoder3, decoder2, decoder1, bottleneck"),
+    (None, "decoder9", "decoder1, decoder2, decoder3, decoder4, bottleneck"),
     ("deeplab", "decoder4", "aspp, decoder, layer3, layer2"),
 ])
 def test_unknown_cam_layer_exits_2_before_any_work(capsys, monkeypatch, chest_folder, tmp_path, model, layer, valid):
@@ -155,7 +155,7 @@ def test_cam_layer_of_a_weights_file_is_checked_against_its_layers(capsys, chest
     code, stdout, stderr = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model,
                                 "--device", "cpu", "--cam-layer", "decoder4")  # the tiny UNet has 3 levels
     assert code == 2
-    assert _error_line(stderr).endswith("choose one of: decoder2, decoder1, bottleneck")
+    assert _error_line(stderr).endswith("choose one of: decoder1, decoder2, bottleneck")
     assert stdout == "" and not out.exists()
 
 

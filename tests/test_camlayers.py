@@ -22,9 +22,10 @@ def test_list_agrees_with_the_networks(arch):
 
 
 def test_defaults_and_descriptions():
-    assert camlayers.default_layer("unet") == "decoder4" and camlayers.default_layer("deeplab") == "aspp"
-    assert camlayers.describe("unet", "decoder4").endswith("1/8 resolution (default)")
-    assert "(default)" not in camlayers.describe("unet", "decoder2")
+    # decoder1 became the UNet default in issue 9 (benchmarks/explanations.py: maps in the lung, on the lesion)
+    assert camlayers.default_layer("unet") == "decoder1" and camlayers.default_layer("deeplab") == "aspp"
+    assert camlayers.describe("unet", "decoder1").endswith("pixel by pixel (default)")
+    assert "(default)" not in camlayers.describe("unet", "decoder4")
     assert camlayers.layers_for("nope") == () and camlayers.default_layer(None) == ""
     with pytest.raises(ValueError, match="choose one of: aspp, decoder, layer3, layer2"):
         camlayers.check_layer("deeplab", "decoder4")

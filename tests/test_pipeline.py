@@ -95,7 +95,8 @@ def test_analyze_yields_increasing_progress_and_an_immutable_result(model_file, 
         assert m.shape == vol.shape[1:] and m.dtype == np.float16  # stored as float16 (half the memory)
         assert 0.0 <= m.min() and m.max() <= 1.0
         assert 0.0 <= result.cam_outside_fraction[k] <= 1.0
-    assert result.cam_layer == "decoder2"  # deepest decoder stage of a 3-level UNet
+    assert result.cam_layer == "decoder1"  # the full-resolution stage, the default since issue 9
+    assert result.cam_method == "seg-hirescam"
     y0, y1, x0, x1 = result.thorax_box
     assert 0 <= y0 < y1 <= vol.shape[1] and 0 <= x0 < x1 <= vol.shape[2]
 

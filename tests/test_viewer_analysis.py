@@ -361,7 +361,9 @@ def test_cam_layer_box_computes_the_picked_layer_on_demand(window, qtbot, random
     assert combo.parent() is not None and ui.toolbar.widgetForAction(ui.cam_action) is not None
     window.configure_analysis(model=str(random_weights), device="cpu")  # a UNet file: the UNet layers
     assert [combo.itemData(i) for i in range(combo.count())] == list(CAM_LAYERS["unet"])
-    assert combo.currentData() == "decoder4" and "(default)" in combo.itemData(0, Qt.ItemDataRole.ToolTipRole)
+    # decoder1 is the default since issue 9; the fake result below was made at decoder4
+    assert combo.currentData() == "decoder1" and "(default)" in combo.itemData(0, Qt.ItemDataRole.ToolTipRole)
+    combo.setCurrentIndex(combo.findData("decoder4"))
     result = run_fake(window, qtbot)  # maps at decoder4 on the lesion slices
     view = window.slice_view
     k = LESION_SLICES[4]
@@ -406,7 +408,7 @@ def test_cam_layer_box_computes_the_picked_layer_on_demand(window, qtbot, random
 
     # Back to the analysis' layer: its own maps.
     view.set_slice(k)
-    combo.setCurrentIndex(0)
+    combo.setCurrentIndex(combo.findData("decoder4"))
     np.testing.assert_array_equal(np.asarray(cam_item.image), analysis_map)
     assert ui.overlays.result is result and "Grad-CAM at decoder4" in ui.results.totals.text()
 

@@ -417,7 +417,7 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
     tta = getattr(args, "tta", "auto") or "auto"
     options = AnalyzeOptions(model=model, cam=cam, cam_layer=cam_layer, cam_method=cam_method,
                              tta=True if tta == "auto" else int(tta),
-                             cleanup=not getattr(args, "no_cleanup", False),
+                             cleanup=bool(getattr(args, "cleanup", False)),
                              batch_size=int(getattr(args, "batch_size", 0) or 8), classifier=classifier)
     bar = ProgressBar(stream=progress_stream, enabled=show_progress)
     gen = analyze(info, options)
@@ -467,13 +467,14 @@ def add_parser(sub: Any) -> None:
                         f"{DEFAULT_CAM_METHOD}, chosen by benchmarks/explanations.py; 'seg-' explains the "
                         "predicted lesion region, the others the whole slice)")
     a.add_argument("--cam-layer", metavar="NAME", default=None,
-                   help="network layer for Grad-CAM (unet: decoder4 (default), decoder3, decoder2, decoder1, "
+                   help="network layer for Grad-CAM (unet: decoder1 (default), decoder2, decoder3, decoder4, "
                         "bottleneck; deeplab: aspp (default), decoder, layer3, layer2)")
     a.add_argument("--tta", choices=("auto", "1", "2", "4"), default="auto",
                    help="flipped views averaged by the segmentation (auto: 1 on the CPU, 4 on a GPU; more views "
                         "cost time and changed Dice by < 0.01 in validation, see the model card)")
-    a.add_argument("--no-cleanup", action="store_true",
-                   help="keep tiny, single-slice and rim-only lesion components (removed by default)")
+    a.add_argument("--cleanup", action="store_true",
+                   help="remove tiny, single-slice and rim-only lesion components in 3-D (off by default: no "
+                        "measurable gain on the shared series, see the model card)")
     a.add_argument("--nifti", action="store_true",
                    help="also write lesions.nii.gz, lung.nii.gz and ct.nii.gz (RAS affine; opens aligned in "
                         "ITK-SNAP, 3D Slicer, nnU-Net)")

@@ -5,7 +5,8 @@ checks a name against them before any work, so neither has to load torch first.
 The order is the one :meth:`ctscreen.inference.nets.UNet.cam_layers` and
 :meth:`~ctscreen.inference.nets.DeepLabV3Plus.cam_layers` give for the shipped
 configurations (``tests/test_camlayers.py`` checks that they agree); the first
-name is the default (the deepest decoder stage, or the ASPP stage).
+name is the default (UNet: the full-resolution decoder stage, chosen by
+benchmarks/explanations.py; DeepLabv3+: the ASPP stage, not re-measured).
 
 Resolutions are of the network input (256 x 256 crop of the thorax).
 """
@@ -20,7 +21,7 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "resources" / "models"
 
 #: Layer names per architecture, the default first.
 CAM_LAYERS: dict[str, tuple[str, ...]] = {
-    "unet": ("decoder4", "decoder3", "decoder2", "decoder1", "bottleneck"),
+    "unet": ("decoder1", "decoder2", "decoder3", "decoder4", "bottleneck"),
     "deeplab": ("aspp", "decoder", "layer3", "layer2"),
 }
 
@@ -30,7 +31,7 @@ CAM_LAYER_NOTES: dict[str, dict[str, str]] = {
         "decoder4": "deepest decoder stage, 1/8 resolution",
         "decoder3": "decoder stage at 1/4 resolution",
         "decoder2": "decoder stage at 1/2 resolution, sharper",
-        "decoder1": "last decoder stage, full resolution, sharpest and noisiest",
+        "decoder1": "last decoder stage, full resolution, sharpest: the lesion evidence pixel by pixel",
         "bottleneck": "encoder bottleneck, 1/16 resolution, coarsest",
     },
     "deeplab": {
@@ -48,7 +49,7 @@ CAM_LAYER_NOTES: dict[str, dict[str, str]] = {
 CAM_METHOD_NAMES: tuple[str, ...] = ("seg-hirescam", "seg-gradcam", "seg-gradcam++", "hirescam", "gradcam",
                                      "gradcam++")
 #: The shipped default, chosen by ``benchmarks/explanations.py`` (model card).
-DEFAULT_CAM_METHOD = "seg-gradcam"
+DEFAULT_CAM_METHOD = "seg-hirescam"
 
 CAM_METHOD_NOTES: dict[str, str] = {
     "seg-hirescam": "HiResCAM of the predicted lesion region: gradient x activation per pixel",

@@ -116,7 +116,9 @@ class AnalyzeOptions:
         an already loaded one. A classifier that cannot be loaded leaves a warning, not an error.
     cleanup : bool
         Remove tiny, z-isolated and rim-only lesion components in 3-D
-        (:func:`ctscreen.imaging.postprocess.clean_lesions`); measured in the model card.
+        (:func:`ctscreen.imaging.postprocess.clean_lesions`). Off by default: on P001, cap001 and
+        normal001 it changed the slice-level AUC by at most 0.001 and the normal study's false
+        lesion volume from 0.111 % to 0.109 % of the lung (model card).
     cancel : threading.Event or None
         Set it to stop the analysis at the next batch boundary.
     """
