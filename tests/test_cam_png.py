@@ -31,7 +31,7 @@ def test_png_cam_writes_one_annotated_png_per_map(cam_result, tmp_path, monkeypa
     written = export.export_all(res, tmp_path / "out", png="cam", seg=False)
     pngs = [p for p in written if p.suffix == ".png"]
     assert [p.name for p in pngs] == [export.slice_png_name(k)]  # only the slice with a map
-    assert "Activation (seg-hirescam, layer decoder1): 0 .. slice max" in drawn
+    assert "Grad-CAM seg-hirescam at decoder1: 0 .. slice max" in drawn
     img = cv2.cvtColor(cv2.imread(str(pngs[0])), cv2.COLOR_BGR2RGB).astype(int)
     red = (img[..., 0] > 200) & (img[..., 1] < 80) & (img[..., 2] < 80)  # the hot end of the map and its bar
     assert red.sum() > 50

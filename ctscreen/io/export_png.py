@@ -226,10 +226,10 @@ def _legend_and_scale_band(width: int, pixel_mm: float, image_width_px: int, cam
 
 
 def cam_legend_label(result: Any) -> str:
-    """``"Activation (seg-hirescam, layer decoder1): 0 .. slice max"``, the colour bar's label."""
-    method = getattr(result, "cam_method", "") or "Grad-CAM"
+    """``"Grad-CAM seg-hirescam at decoder1: 0 .. slice max"``, the colour bar's label."""
+    method = getattr(result, "cam_method", "") or ""
     layer = getattr(result, "cam_layer", "")
-    return f"Activation ({method}{', layer ' + layer if layer else ''}): 0 .. slice max"
+    return " ".join(p for p in ("Grad-CAM", method, f"at {layer}" if layer else "") if p) + ": 0 .. slice max"
 
 
 def _patient_line(vol: Any) -> str:
