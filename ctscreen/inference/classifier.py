@@ -331,18 +331,20 @@ def predict_batches(clf: LoadedClassifier, x: np.ndarray, batch_size: int = 16, 
 
 
 def slice_probabilities(clf: LoadedClassifier, hu_slices: np.ndarray, lung: np.ndarray | None = None,
-                        box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+                        box: tuple[int, int, int, int] | None = None, tta: bool = True) -> np.ndarray:
     """Class probabilities of HU slices ``(n, H, W)`` -> ``(n, len(clf.classes))``.
 
     ``lung`` (same shape) is accepted for the interface; the crop is the thorax box
     of the slices themselves (or ``box``), the same crop the segmentation uses.
+    ``tta``: average with the left-right mirrored slice (as the validation figures are
+    measured; on UCSD val it raised the shipped model's AUC by about 0.01).
     """
     hu_slices = np.asarray(hu_slices)
     if hu_slices.ndim == 2:
         hu_slices = hu_slices[None]
     if len(hu_slices) == 0:
         return np.zeros((0, len(clf.classes)), np.float32)
-    return predict_batches(clf, hu_slices_to_input(hu_slices, clf.input_size, box))
+    return predict_batches(clf, hu_slices_to_input(hu_slices, clf.input_size, box), tta=tta)
 
 
 # ---------------------------------------------------------------- study level
@@ -412,7 +414,8 @@ def _burden_percent(measurements: Any, lung: np.ndarray, lesion: np.ndarray) -> 
 
 
 def study_probabilities(clf: LoadedClassifier, volume: Any, lung: np.ndarray, lesion: np.ndarray,
-                        measurements: Any = None, box: tuple[int, int, int, int] | None = None) -> StudyScore:
+                        measurements: Any = None, box: tuple[int, int, int, int] | None = None,
+                        tta: bool = True) -> StudyScore:
     """Pool slice scores to ``{"covid19", "other_pneumonia", "no_pneumonia"}`` (sums to 1).
 
     Parameters
@@ -426,6 +429,9 @@ def study_probabilities(clf: LoadedClassifier, volume: Any, lung: np.ndarray, le
         ``percent_involved`` gives the lesion burden (else computed from the masks).
     box : tuple, optional
         Thorax crop; default :func:`thorax_box` of the volume.
+    tta : bool
+        Left-right flip averaging of every slice score (the validation protocol; twice the
+        network time, about 2.4 CPU-seconds for 40 slices).
     """
     import time
 
@@ -436,7 +442,7 @@ def study_probabilities(clf: LoadedClassifier, volume: Any, lung: np.ndarray, le
     if box is None:
         box = thorax_box(hu)
     idx = choose_slices(lung, lesion)
-    probs = predict_batches(clf, hu_slices_to_input(hu[idx], clf.input_size, box)) if idx else \
+    probs = predict_batches(clf, hu_slices_to_input(hu[idx], clf.input_size, box), tta=tta) if idx else \
         np.zeros((0, len(clf.classes)), np.float32)
     les_px = (lesion[idx] > 0).reshape(len(idx), -1).sum(axis=1).astype(np.float64) if idx else np.zeros(0)
     pos = clf.positive_index

@@ -704,11 +704,13 @@ def write_card(out: Path, card: dict[str, Any]) -> None:
                   f"- ROC AUC: {_fmt_ci(v, 'auc')}", f"- Images: {v.get('n')}"]
     elif v:
         lines += [f"- {k}: {val}" for k, val in v.items()]
-    b = card.get("base_model")
-    if b and "auc" in b.get("validation", {}):
-        bv = b["validation"]
-        lines += [f"- For comparison, the stage-1 model it was fine-tuned from ({b.get('version')}, UCSD only): "
-                  f"accuracy {_fmt_ci(bv, 'accuracy')}, F1 {_fmt_ci(bv, 'f1')}, ROC AUC {_fmt_ci(bv, 'auc')}"]
+    bases = card.get("base_model") or []
+    for b in [bases] if isinstance(bases, dict) else bases:  # earlier stages, added to the card by hand
+        if "auc" in b.get("validation", {}):
+            bv = b["validation"]
+            lines += [f"- For comparison, {b.get('note') or 'the stage-1 model it was fine-tuned from (UCSD only)'} "
+                      f"({b.get('version')}): accuracy {_fmt_ci(bv, 'accuracy')}, F1 {_fmt_ci(bv, 'f1')}, "
+                      f"ROC AUC {_fmt_ci(bv, 'auc')}"]
     lines += ["", "## Limitations", "",
               "- Slice-level model on 2-D images; study verdicts pool slice scores (see ctscreen.inference.classifier).",
               "- Public influenza-A CT is not available: a COVID-19 vs non-COVID model cannot tell influenza from "
