@@ -13,6 +13,7 @@ import torch
 from ctscreen import RESEARCH_NOTICE
 from ctscreen.cli import main
 from ctscreen.cli import analyze as analyze_cli
+from ctscreen.io import results_folder
 from ctscreen.inference.models import LoadedModel, available_models, save_model
 from ctscreen.inference.nets import UNet
 
@@ -180,7 +181,7 @@ def test_interrupt_during_analysis_or_export_leaves_nothing(capsys, monkeypatch,
         code, stdout, _ = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model, "--device", "cpu")
     assert code == 130 and stdout == "" and not out.exists()
 
-    real = analyze_cli._write_exports
+    real = results_folder.write_exports
 
     def write_some_then_interrupt(result, folder, png, seg, include_patient=False):
         real(result, folder, "none", False)  # report.json/csv written to staging ...
@@ -189,7 +190,7 @@ def test_interrupt_during_analysis_or_export_leaves_nothing(capsys, monkeypatch,
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with monkeypatch.context() as m:
-        m.setattr(analyze_cli, "_write_exports", write_some_then_interrupt)
+        m.setattr(results_folder, "write_exports", write_some_then_interrupt)
         code, _, _ = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model, "--device", "cpu",
                           "--cam", "none")
     assert code == 130
@@ -278,7 +279,7 @@ def test_seg_is_written_while_the_pngs_are(capsys, monkeypatch, chest_folder, ti
 
     seg_started, pngs_started = threading.Event(), threading.Event()
     saw = {}
-    real_seg, real_exports = export_seg.write_seg, analyze_cli._write_exports
+    real_seg, real_exports = export_seg.write_seg, results_folder.write_exports
 
     def seg_alongside(*a, **k):
         seg_started.set()
@@ -291,7 +292,7 @@ def test_seg_is_written_while_the_pngs_are(capsys, monkeypatch, chest_folder, ti
         return real_exports(*a, **k)
 
     monkeypatch.setattr(export_seg, "write_seg", seg_alongside)
-    monkeypatch.setattr(analyze_cli, "_write_exports", pngs_alongside)
+    monkeypatch.setattr(results_folder, "write_exports", pngs_alongside)
     out = tmp_path / "out"
     code, stdout, stderr = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model,
                                 "--device", "cpu", "--cam", "none")
@@ -310,7 +311,7 @@ def test_interrupt_or_failure_beside_the_seg_thread_leaves_nothing(capsys, monke
 
     from ctscreen.io import export_seg
 
-    real_seg, real_exports = export_seg.write_seg, analyze_cli._write_exports
+    real_seg, real_exports = export_seg.write_seg, results_folder.write_exports
     done = []
 
     def slow_seg(*a, **k):
@@ -328,7 +329,7 @@ def test_interrupt_or_failure_beside_the_seg_thread_leaves_nothing(capsys, monke
     (out / "notes.txt").write_text("mine")
     with monkeypatch.context() as m:
         m.setattr(export_seg, "write_seg", slow_seg)
-        m.setattr(analyze_cli, "_write_exports", interrupted)
+        m.setattr(results_folder, "write_exports", interrupted)
         code, stdout, _ = _run(capsys, str(chest_folder), "--out", str(out), "--model", tiny_model,
                                "--device", "cpu", "--cam", "none")
     assert code == 130 and stdout == ""

@@ -260,9 +260,9 @@ def test_corrupt_study_is_recorded_as_failed_and_the_others_finish(tmp_path, tin
 
 def test_interrupt_inside_a_study_leaves_no_half_written_folder(archive, tmp_path, tiny_model, monkeypatch):
     """A Ctrl-C while a study's exports are being written: nothing of that study is left."""
-    from ctscreen.cli import analyze as analyze_cli
+    from ctscreen.io import results_folder
 
-    real = analyze_cli.export_staged
+    real = results_folder.export_staged
     calls = []
 
     def export_then_interrupt(result, out, *a, **k):
@@ -270,7 +270,7 @@ def test_interrupt_inside_a_study_leaves_no_half_written_folder(archive, tmp_pat
         calls.append(out)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(analyze_cli, "export_staged", export_then_interrupt)
+    monkeypatch.setattr(results_folder, "export_staged", export_then_interrupt)
     out = tmp_path / "out"
     d = discover_studies(archive)
     gen = run_batch(d, out, BatchOptions(model=tiny_model, png="none", cam="none"), workers=0)

@@ -5,7 +5,7 @@ What one *study* is
 One StudyInstanceUID. Its images may lie in one folder or be spread over
 several (one folder per series is common); all series that share the UID form
 one study. From its analysable CT series the batch analyses the one
-``ctscreen analyze`` would pick (:func:`ctscreen.cli.analyze.choose_series`:
+``ctscreen analyze`` would pick (:func:`ctscreen.io.study.choose_series`:
 most slices, then thinnest slices, then UID); the others are named in the
 study's notes.
 
@@ -235,7 +235,7 @@ def discover_studies(root: str | os.PathLike[str], include_patient: bool = False
     NotADicomSeries
         ``root`` does not exist or is not a folder.
     """
-    from ctscreen.cli.analyze import choose_series
+    from ctscreen.io.study import choose_series
     from ctscreen.errors import NotADicomSeries
     from ctscreen.io import dicom
 

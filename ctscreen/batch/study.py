@@ -2,9 +2,9 @@
 
 :func:`run_study` is the one function every engine runs (in the calling
 process, in a local worker process, or on a Dask worker). It drives the same
-pieces as ``ctscreen analyze``: :func:`ctscreen.cli.analyze.pick_series` picks
+pieces as ``ctscreen analyze``: :func:`ctscreen.io.study.pick_series` picks
 the series, :func:`ctscreen.inference.pipeline.analyze` analyses it, and
-:func:`ctscreen.cli.analyze.export_staged` writes the report, PNGs and SEG.
+:func:`ctscreen.io.results_folder.export_staged` writes the report, PNGs and SEG.
 
 Safety
 ------
@@ -263,7 +263,7 @@ def _move_into_place(staging: Path, target: Path) -> None:
 
 def _scan_files(files: tuple[str, ...], series_uid: str, notes: list[str]) -> tuple[Any, Path]:
     """Scan just these files (a folder shared with other studies): a temporary folder of links to them."""
-    from ctscreen.cli.analyze import pick_series
+    from ctscreen.io.study import pick_series
 
     links = Path(tempfile.mkdtemp(prefix="ctscreen-batch-links-"))
     try:
@@ -374,7 +374,9 @@ def _is_ctscreen_error(exc: BaseException) -> bool:
 
 def _analyse_into(task: StudyTask, staging: Path, cancel: Any, row: dict[str, Any]) -> dict[str, Any]:
     """Pick the series, run the pipeline, write the exports into ``staging``; returns the result columns."""
-    from ctscreen.cli.analyze import check_loaded_cam_layer, export_staged, pick_series
+    from ctscreen.inference.camlayers import check_loaded_cam_layer
+    from ctscreen.io.results_folder import export_staged
+    from ctscreen.io.study import pick_series
     from ctscreen.inference.pipeline import AnalyzeOptions, analyze
 
     study, options = task.study, task.options

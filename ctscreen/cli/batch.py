@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``ctscreen batch``: discovery, engine, summary. Returns 0, or 1 when a study failed."""
     from ctscreen.batch import BatchOptions, discover_studies, run_batch
     from ctscreen.batch.engine import default_workers
-    from ctscreen.cli.analyze import check_cam_layer
+    from ctscreen.inference.camlayers import check_cam_layer
 
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():

@@ -53,7 +53,7 @@ def load_or_analyze(folder: Path, model: Any, device: str, label: str, show_prog
         if show_progress:
             print(f"ctscreen compare: {label}: re-using the analysis in {folder}", file=sys.stderr)
         return read_analysis_folder(folder)
-    from ctscreen.cli.analyze import pick_series
+    from ctscreen.io.study import pick_series
     from ctscreen.inference.pipeline import STAGE_LABELS, AnalyzeOptions, analyze
     from ctscreen.progress import ProgressBar
 

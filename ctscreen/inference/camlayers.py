@@ -16,6 +16,9 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Any
+
+from ctscreen.errors import CtscreenError
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "resources" / "models"
 
@@ -165,3 +168,32 @@ def arch_of_model(model: str | None) -> str | None:
     if path.is_file():
         return _arch_in_file(path) or (spec if spec in CAM_LAYERS else None)
     return spec if spec in CAM_LAYERS else None
+
+
+def check_cam_layer(model: str | None, layer: str | None) -> bool:
+    """Refuse an unknown ``--cam-layer`` of a shipped model before any work (torch is not loaded yet).
+
+    Returns True when checked; a weights file's layers depend on its configuration,
+    so its layer is checked against the loaded model instead (:func:`check_loaded_cam_layer`).
+    """
+    spec = str(model or "")
+    if not layer or (spec and spec not in CAM_LAYERS):
+        return False
+    arch = arch_of_model(spec or None)
+    if arch is None:
+        return False
+    try:
+        check_layer(arch, layer)
+    except ValueError as exc:
+        raise CtscreenError(str(exc)) from None
+    return True
+
+
+def check_loaded_cam_layer(model: Any, layer: str | None) -> None:
+    """Refuse a ``--cam-layer`` the loaded model does not list (one line naming the valid ones)."""
+    if not layer:
+        return
+    valid = list(model.cam_layers()) if hasattr(model, "cam_layers") else []
+    if layer not in valid:
+        what = f"model {Path(model.path).name if getattr(model, 'path', '') else getattr(model, 'name', '?')}"
+        raise CtscreenError(unknown_layer_message(layer, valid, what))

@@ -71,7 +71,7 @@ def prepare_comparison(prior: Any, current: Any, model: str | None = None, devic
                 yield f"{label}: reading the analysis in {folder.name}", base
                 src = read_analysis_folder(folder)
             else:
-                from ctscreen.cli.analyze import pick_series
+                from ctscreen.io.study import pick_series
                 from ctscreen.io.dicom import load_series
 
                 yield f"{label}: loading {folder.name}", base
