@@ -384,3 +384,15 @@ def test_analyze_in_a_fresh_process_on_the_old_hang_cases(tmp_path, synthetic, t
     notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("ctscreen analyze: warning:")]
     assert any("NumberOfFrames is 1000000000000" in ln and paths[0].name in ln for ln in notes), proc.stderr
     assert "UserWarning" not in proc.stderr  # the loader reports the damage itself, once
+
+
+@pytest.mark.skipif(not HAVE_SHARED, reason="shared DICOM data not found")
+def test_cut_jpeg_stream_is_not_decoded_silently(tmp_path):
+    """Found by the long run (seed 21730): a JPEG Lossless file cut inside its stream, whose Pixel Data
+    length says more than the file holds, decoded without a word (the decoder filled in the rest)."""
+    base = dm.real_base("p001", 8)
+    case = dm.build_case(tmp_path / "s", base, 21730)
+    assert case.kinds == ("pixel_length_huge", "truncate_anywhere")
+    vol = load_series(tmp_path / "s")
+    assert vol.shape[0] == 7
+    assert any("cut short (no end-of-image marker)" in w and "ASSH_119.dcm" in w for w in vol.warnings), vol.warnings

@@ -1612,13 +1612,19 @@ def _dataset_for_decoding(path: str, ts: str, pixel: _PixelInfo | None, n_frames
         compressed = False
     if compressed and "PixelData" in ds:
         try:
-            fragments = pydicom.encaps.generate_fragments(ds.PixelData)
-            next(fragments)  # the basic offset table
+            frames = list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=n_frames))
         except Exception as exc:
             raise ValueError(f"compressed pixel data is damaged ({exc})") from None
-        for fragment in fragments:
-            if fragment[:2] in (b"\xff\xd8", b"\xff\x4f"):
-                _check_codestream(fragment, header)
+        for frame in frames:
+            if frame[:2] in (b"\xff\xd8", b"\xff\x4f"):  # JPEG, JPEG-LS, JPEG 2000
+                _check_codestream(frame, header)
+                # Every one ends with FFD9 (EOI / EOC; encoders may pad with 00 or FF); without it the
+                # decoders fill in the missing part of a cut file silently.
+                tail = frame.rstrip(b"\x00")
+                if not (tail.endswith(b"\xff\xd9") or tail.rstrip(b"\xff").endswith(b"\xff\xd9")
+                        or tail.endswith(b"\xff\xd9\xff")):
+                    raise ValueError("the compressed image is cut short (no end-of-image marker): "
+                                     "the file is truncated or damaged")
     return ds
 
 
