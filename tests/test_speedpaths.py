@@ -19,7 +19,8 @@ import torch
 from scipy import ndimage as ndi
 
 from ctscreen.errors import ExportError
-from ctscreen.io import export, export_png, lungmask, measurements
+from ctscreen.imaging import lungmask, measurements
+from ctscreen.io import export, export_png
 from ctscreen.inference import segment
 from ctscreen.inference.preprocess import hu_to_unit, resize_taps, slices_to_model_input, thorax_box, uses_area
 
