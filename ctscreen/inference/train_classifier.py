@@ -670,8 +670,12 @@ def _fmt_ci(card_val: dict[str, Any], key: str) -> str:
     return f"{v:.3f}" + (f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
 
 
-def write_card(out: Path, card: dict[str, Any]) -> None:
-    """``<out>.md`` (human) and ``<out>.json`` (machine) beside the weights, written atomically."""
+def write_card(out: Path, card: dict[str, Any], force: bool = True) -> None:
+    """``<out>.md`` (human) and ``<out>.json`` (machine) beside the weights, written atomically.
+
+    ``force`` (default) replaces an existing card: it belongs to the weights file, whose
+    overwriting the caller has already allowed (``train-classifier --force``).
+    """
     from ctscreen.io.files import atomic_write
 
     v = card.get("validation", {})
@@ -715,8 +719,8 @@ def write_card(out: Path, card: dict[str, Any]) -> None:
               "- Slice-level model on 2-D images; study verdicts pool slice scores (see ctscreen.inference.classifier).",
               "- Public influenza-A CT is not available: a COVID-19 vs non-COVID model cannot tell influenza from "
               "other pneumonia. Train a three-way model on your own studies with `ctscreen train-classifier`.", ""]
-    atomic_write(out.with_suffix(".md"), "\n".join(lines).encode())
-    atomic_write(out.with_suffix(".json"), (json.dumps(card, indent=2) + "\n").encode())
+    atomic_write(out.with_suffix(".md"), "\n".join(lines).encode(), force=force)
+    atomic_write(out.with_suffix(".json"), (json.dumps(card, indent=2) + "\n").encode(), force=force)
 
 
 # ---------------------------------------------------------------- evaluation
