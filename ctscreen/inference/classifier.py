@@ -18,7 +18,8 @@ Design (the thesis' plan, issue 8):
   slice scores are pooled with attention over the lesion slices (weights =
   lesion area of the slice, in the spirit of Xu et al. 2020's location
   attention), falling back to the mean of the top-k slice scores when the
-  segmentation found no lesion.
+  segmentation found no lesion. Every slice score averages the slice and its
+  left-right mirror (flip TTA, as the validation figures are measured).
 
 Three study probabilities, honestly derived (see :func:`burden_pneumonia_probability`):
 

@@ -14,7 +14,12 @@ Data layouts (one sub-folder per class; names like ``COVID``/``NonCOVID`` or
 
 Augmentation (seeded ``numpy`` generator, per sample): random resized crop (area 60-100 %,
 aspect 3:4-4:3), rotation +-15 deg, left-right flip, contrast x0.75-1.33, brightness +-0.08,
-gamma 0.7-1.4, Gaussian blur (p 0.3, sigma 0.3-1.5), Gaussian noise (p 0.3, sd <= 0.04).
+gamma 0.7-1.4, Gaussian blur (p 0.3, sigma 0.3-1.5), Gaussian noise (p 0.3, sd <= 0.04);
+``--augment figure`` adds paper-figure artefacts to every class (:func:`figure_like`).
+
+Training-only additions: ``--extra-covid`` image folders (COVID-19) and ``--extra-study
+CLASS=DICOM_FOLDER`` studies rendered through the app's own HU path
+(:func:`extra_study_slices`); neither ever enters validation.
 """
 
 from __future__ import annotations
