@@ -28,6 +28,7 @@ from ctscreen.errors import Cancelled
 from ctscreen.imaging.measurements import measure_volume
 from ctscreen.imaging.result import CONSOLIDATION, GGO, AnalysisResult
 from ctscreen.imaging.volume import Volume
+from ctscreen.inference.camlayers import default_layer
 from ctscreen.viewer.analysis import shipped_models
 from ctscreen.viewer.main_window import MainWindow
 from ctscreen.viewer.settings import ViewerSettings
@@ -47,7 +48,7 @@ def p001() -> Volume:
     return load_series(P001)
 
 
-def fake_result(volume: Volume) -> AnalysisResult:
+def fake_result(volume: Volume, cam_layer: str = "decoder4") -> AnalysisResult:
     """Lungs as two boxes, a GGO disc on slices 60-74 with a consolidation core on 68-71."""
     nz, ny, nx = volume.shape
     lung = np.zeros(volume.shape, np.uint8)
@@ -67,7 +68,7 @@ def fake_result(volume: Volume) -> AnalysisResult:
     return AnalysisResult(volume=volume, lung=lung, lesion=lesion, lesion_prob=lesion.astype(np.float16) / 2,
                           measurements=measure_volume(volume, lesion, lung), model_name="fake",
                           model_version="test-1", device="cpu", cam=cam, cam_outside_fraction=outside,
-                          cam_layer="decoder4", timings_s={"segmentation": 0.1})
+                          cam_layer=cam_layer, timings_s={"segmentation": 0.1})
 
 
 def fake_runner(steps: int = 5, gate: threading.Event | None = None):
@@ -80,7 +81,8 @@ def fake_runner(steps: int = 5, gate: threading.Event | None = None):
                 raise Cancelled("analysis cancelled by the user; nothing was saved")
             yield types.SimpleNamespace(stage="segmentation", done=i, total=steps, fraction=i / steps,
                                         eta_s=float(steps - i), message=f"segmentation {i}/{steps}")
-        return fake_result(request.volume)
+        # maps at the layer asked for, as the pipeline makes them (None: the model's default layer)
+        return fake_result(request.volume, request.cam_layer or default_layer("unet"))
     return run
 
 
