@@ -131,6 +131,12 @@ def build_report(result: Any, include_patient: bool = False,
     """
     vol = result.volume
     created = created or _dt.datetime.now(_dt.timezone.utc)
+    volume_warnings, warnings = list(vol.warnings), list(result.warnings)
+    if not include_patient:  # a folder or file name can carry the patient's name: names stay on this machine
+        from ctscreen.io.privacy import scrub_all
+
+        scrubbed = scrub_all(volume_warnings + warnings, getattr(vol, "source_files", ()) or ())
+        volume_warnings, warnings = scrubbed[:len(volume_warnings)], scrubbed[len(volume_warnings):]
     series: dict[str, Any] = {
         "study_instance_uid": vol.study_instance_uid,
         "series_instance_uid": vol.series_instance_uid,
@@ -143,7 +149,7 @@ def build_report(result: Any, include_patient: bool = False,
         "spacing_mm": [float(s) for s in vol.spacing_mm],
         "z_first_mm": float(vol.z_mm[0]) if len(vol.z_mm) else None,
         "z_last_mm": float(vol.z_mm[-1]) if len(vol.z_mm) else None,
-        "volume_warnings": list(vol.warnings),
+        "volume_warnings": volume_warnings,
     }
     if include_patient:
         series["patient_name"] = str(vol.patient_name)
@@ -161,7 +167,7 @@ def build_report(result: Any, include_patient: bool = False,
             "device": result.device,
         },
         "timings_s": {str(k): float(v) for k, v in dict(result.timings_s).items()},
-        "warnings": list(result.warnings),
+        "warnings": warnings,
         "totals": _totals(result.measurements),
         "slices": report_rows(result),
         "gradcam": {

@@ -288,6 +288,10 @@ def build_report_figure(result: Any, include_patient: bool = False, created: _dt
         models += f"   Classifier: {scr.model_name} {getattr(scr, 'model_version', '')}"
     fig.text(0.05, 0.062, models, fontsize=7, color="#333333")
     warn = list(getattr(result, "warnings", ()) or ()) + list(getattr(vol, "warnings", ()) or ())
+    if warn and not include_patient:  # file and folder names can carry the patient's name
+        from ctscreen.io.privacy import scrub_all
+
+        warn = scrub_all(warn, getattr(vol, "source_files", ()) or ())
     if warn:
         fig.text(0.05, 0.047, f"{len(warn)} warning(s): " + "; ".join(str(w) for w in warn)[:150], fontsize=6.3,
                  color="#7a5a00")
