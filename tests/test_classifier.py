@@ -266,3 +266,46 @@ def test_figure_augmentation_adds_paper_artefacts_seeded_and_in_range():
     marked = [T.figure_like(np.full((64, 64), 0.5, np.float32), rng) for _ in range(200)]
     # margins, bars and arrows put pure black/white pixels into a flat grey image
     assert sum(bool(((m <= 0.01) | (m >= 0.99)).any()) for m in marked) >= 40
+
+
+def _member(path, seed: int, size_note: int = 32, classes=C.CLASSES_BINARY):
+    torch.manual_seed(seed)
+    net = C.SliceClassifier(num_classes=len(classes), channels=(4, 8, 8), embed_dim=8).eval()
+    C.save_classifier(net, tuple(classes), path, {"version": f"m{seed}", "input_size": size_note,
+                                                   "command": f"train seed {seed}", "data": {"root": "d"}})
+    return net
+
+
+def test_ensemble_averages_member_probabilities_and_its_cam_uses_every_member(tmp_path, capsys):
+    data = _write_images(tmp_path / "val")
+    nets = [_member(tmp_path / f"m{i}.pt", i) for i in range(3)]
+    out = tmp_path / "ens.pt"
+    rc = cli_main(["ensemble-classifier", *[str(tmp_path / f"m{i}.pt") for i in range(3)], "--out", str(out),
+                   "--val", str(data)])
+    assert rc == 0, capsys.readouterr().err
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert [m["version"] for m in card["members"]] == ["m0", "m1", "m2"]
+    assert card["validation"]["n"] == 8 and len(card["base_model"]) == 3
+    assert "Research use only" in out.with_suffix(".md").read_text()
+    clf = C.load_classifier(out, device="cpu")
+    assert isinstance(clf.net, C.EnsembleClassifier) and clf.input_size == 32
+    x = torch.rand(5, 1, 32, 32)
+    with torch.no_grad():
+        want = torch.stack([torch.softmax(n(x), 1) for n in nets]).mean(0)
+    got = C.predict_batches(clf, x.numpy())
+    assert np.allclose(got, want.numpy(), atol=2e-3)  # float16 weights on disk
+    hu, lung, _ = _phantom(n=1, size=64)
+    assert len(C.cam_modules(clf.net)) == 3
+    cam = C.classifier_cam(clf, hu[0], lung[0])
+    assert cam.shape == (64, 64) and cam.max() == pytest.approx(1.0)
+    # no silent overwrite; an ensemble is not a member; members must agree
+    assert cli_main(["ensemble-classifier", str(tmp_path / "m0.pt"), str(tmp_path / "m1.pt"), "--out", str(out)]) == 2
+    assert cli_main(["ensemble-classifier", str(out), str(tmp_path / "m1.pt"), "--out", str(tmp_path / "e2.pt")]) == 2
+    _member(tmp_path / "big.pt", 7, size_note=64)
+    assert cli_main(["ensemble-classifier", str(tmp_path / "m0.pt"), str(tmp_path / "big.pt"),
+                     "--out", str(tmp_path / "e3.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "already an ensemble" in err and "input sizes" in err
+    with pytest.raises(T.DataError, match="ensemble"):
+        T.train_classifier(data, tmp_path / "ft.pt", epochs=1, size=32, batch_size=4, device="cpu",
+                           init=str(out), quiet=True)

@@ -26,7 +26,7 @@ from ctscreen.errors import CtscreenError  # noqa: E402
 
 #: Subcommands in the order ``--help`` lists them; each is the module ``ctscreen.cli.<name>``
 #: (a dash in the command is an underscore in the module name).
-SUBCOMMANDS = ["view", "info", "analyze", "compare", "batch", "pull", "push", "evaluate", "train", "evaluate-classifier", "train-classifier"]
+SUBCOMMANDS = ["view", "info", "analyze", "compare", "batch", "pull", "push", "evaluate", "train", "evaluate-classifier", "train-classifier", "ensemble-classifier"]
 
 
 def _module(command: str):

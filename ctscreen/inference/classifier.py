@@ -189,8 +189,49 @@ class SliceClassifier(nn.Module):
         return len(take)
 
 
-def build(config: dict[str, Any] | None) -> SliceClassifier:
+class EnsembleClassifier(nn.Module):
+    """Several :class:`SliceClassifier` members (same classes, same input size) as one network.
+
+    The output is the log of the members' mean softmax, so ``softmax(forward(x))`` is the
+    averaged probability that :func:`predict_batches` returns, and a Grad-CAM of one class
+    explains the ensemble's score (:func:`classifier_cam` sums the members' maps).
+    """
+
+    def __init__(self, configs: list[dict[str, Any]]):
+        super().__init__()
+        if len(configs) < 2:
+            raise ValueError("an ensemble needs at least two member configurations")
+        self.members = nn.ModuleList(build(c) for c in configs)
+        n = {m.config["num_classes"] for m in self.members}
+        if len(n) != 1:
+            raise ValueError(f"ensemble members disagree on the number of classes: {sorted(n)}")
+        self.config = {"ensemble": [dict(m.config) for m in self.members]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.stack([F.softmax(m(x).float(), dim=1) for m in self.members]).mean(dim=0)
+        return torch.log(p.clamp_min(1e-12))
+
+    def cam_layers(self) -> dict[str, nn.Module]:
+        """The layer names (those of every member; the modules are the first member's)."""
+        return self.members[0].cam_layers()
+
+
+def cam_modules(net: nn.Module, layer: str | None = None) -> list[nn.Module]:
+    """The module(s) a classifier Grad-CAM hooks: one for a single network, one per ensemble member."""
+    nets_ = list(net.members) if isinstance(net, EnsembleClassifier) else [net]
+    out = []
+    for m in nets_:
+        layers = m.cam_layers()
+        if layer and layer not in layers:
+            raise ValueError(f"classifier layer {layer!r} is not one of {', '.join(layers)}")
+        out.append(layers[layer] if layer else next(iter(layers.values())))
+    return out
+
+
+def build(config: dict[str, Any] | None) -> nn.Module:
     cfg = dict(config or {})
+    if "ensemble" in cfg:
+        return EnsembleClassifier(list(cfg["ensemble"]))
     if "channels" in cfg:
         cfg["channels"] = tuple(cfg["channels"])
     return SliceClassifier(**cfg)
@@ -203,7 +244,7 @@ class LoadedClassifier:
     name: str
     version: str
     classes: tuple[str, ...]
-    net: SliceClassifier
+    net: nn.Module  # SliceClassifier or EnsembleClassifier
     device: torch.device
     input_size: int = INPUT_SIZE
     card: dict[str, Any] = field(default_factory=dict)
@@ -237,7 +278,7 @@ def classifier_path(name_or_path: str | Path | None) -> Path:
     return p
 
 
-def save_classifier(net: SliceClassifier, classes: tuple[str, ...], path: str | Path, card: dict[str, Any]) -> Path:
+def save_classifier(net: nn.Module, classes: tuple[str, ...], path: str | Path, card: dict[str, Any]) -> Path:
     """Write weights (float16) + card atomically (``torch.save`` of plain tensors and dicts)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -499,17 +540,16 @@ def classifier_cam(clf: LoadedClassifier, hu_slice: np.ndarray, lung_slice: np.n
     if box is None:
         box = thorax_box(hu_slice)
     x = torch.from_numpy(hu_slices_to_input(hu_slice[None], clf.input_size, box)).to(clf.device)
-    layers = clf.net.cam_layers()
-    module = layers[layer] if layer else next(iter(layers.values()))
-    store: dict[str, torch.Tensor] = {}
+    modules = cam_modules(clf.net, layer)
+    store: list[torch.Tensor] = []
 
     def hook(_m: Any, _i: Any, out: torch.Tensor) -> torch.Tensor:
         leaf = out.detach().requires_grad_(True)
-        store["A"] = leaf
+        store.append(leaf)
         return leaf * 1.0
 
     cls = clf.classes.index(target) if target else clf.positive_index
-    handle = module.register_forward_hook(hook)
+    handles = [m.register_forward_hook(hook) for m in modules]
     flags = [(p, p.requires_grad) for p in clf.net.parameters()]
     try:
         for p, _ in flags:
@@ -518,11 +558,16 @@ def classifier_cam(clf: LoadedClassifier, hu_slice: np.ndarray, lung_slice: np.n
             logits = clf.net(x)
             logits[:, cls].sum().backward()
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
         for p, f in flags:
             p.requires_grad_(f)
-    a, g = store["A"].detach(), store["A"].grad.detach()
-    cam = torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1))[0].float().cpu().numpy()
+    cam = None
+    for leaf in store:  # one map per hooked module (ensemble members share the input size)
+        a, g = leaf.detach(), leaf.grad.detach()
+        c = torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1))[0].float()
+        cam = c if cam is None else cam + c
+    cam = cam.cpu().numpy()
     y0, y1, x0, x1 = box
     out = np.zeros(hu_slice.shape[-2:], np.float32)
     out[y0:y1, x0:x1] = cv2.resize(cam, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)

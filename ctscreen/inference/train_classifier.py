@@ -538,6 +538,9 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
         blob = torch.load(src, map_location="cpu", weights_only=True)
         if not isinstance(blob, dict) or blob.get("format") != C.FORMAT:
             raise DataError(f"{src}: not a ctscreen classifier file to fine-tune")
+        if "ensemble" in (blob.get("config") or {}):
+            raise DataError(f"{src}: an ensemble of classifiers cannot be fine-tuned as one network - "
+                            "give one of its member files (ensemble-classifier's inputs) to --init")
         own = net.state_dict()
         take = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()
                 if k in own and own[k].shape == v.shape}
