@@ -301,11 +301,23 @@ def test_ensemble_averages_member_probabilities_and_its_cam_uses_every_member(tm
     # no silent overwrite; an ensemble is not a member; members must agree
     assert cli_main(["ensemble-classifier", str(tmp_path / "m0.pt"), str(tmp_path / "m1.pt"), "--out", str(out)]) == 2
     assert cli_main(["ensemble-classifier", str(out), str(tmp_path / "m1.pt"), "--out", str(tmp_path / "e2.pt")]) == 2
-    _member(tmp_path / "big.pt", 7, size_note=64)
+    _member(tmp_path / "big.pt", 7, size_note=96)
     assert cli_main(["ensemble-classifier", str(tmp_path / "m0.pt"), str(tmp_path / "big.pt"),
                      "--out", str(tmp_path / "e3.pt")]) == 2
     err = capsys.readouterr().err
     assert "exists" in err and "already an ensemble" in err and "input sizes" in err
+    # members of different input sizes: the ensemble takes the largest and resizes for the others
+    n48 = _member(tmp_path / "m48.pt", 8, size_note=48)
+    assert cli_main(["ensemble-classifier", str(tmp_path / "m0.pt"), str(tmp_path / "m48.pt"),
+                     "--out", str(tmp_path / "mixed.pt")]) == 0
+    mixed = C.load_classifier(tmp_path / "mixed.pt", device="cpu")
+    assert mixed.input_size == 48
+    x48 = torch.rand(2, 1, 48, 48)
+    with torch.no_grad():
+        x32 = torch.nn.functional.interpolate(x48, size=(32, 32), mode="bilinear", antialias=True)
+        want = 0.5 * (torch.softmax(nets[0](x32), 1) + torch.softmax(n48(x48), 1))
+    assert np.allclose(C.predict_batches(mixed, x48.numpy()), want.numpy(), atol=2e-3)
+    assert C.classifier_cam(mixed, hu[0], lung[0]).shape == (64, 64)
     with pytest.raises(T.DataError, match="ensemble"):
         T.train_classifier(data, tmp_path / "ft.pt", epochs=1, size=32, batch_size=4, device="cpu",
                            init=str(out), quiet=True)

@@ -190,14 +190,17 @@ class SliceClassifier(nn.Module):
 
 
 class EnsembleClassifier(nn.Module):
-    """Several :class:`SliceClassifier` members (same classes, same input size) as one network.
+    """Several :class:`SliceClassifier` members (same classes) as one network.
 
     The output is the log of the members' mean softmax, so ``softmax(forward(x))`` is the
     averaged probability that :func:`predict_batches` returns, and a Grad-CAM of one class
     explains the ensemble's score (:func:`classifier_cam` sums the members' maps).
+    ``sizes`` are the members' own input sides: the ensemble takes the largest, and a
+    member trained smaller gets the input resized (bilinear with antialiasing, close to
+    the area resize it was trained on).
     """
 
-    def __init__(self, configs: list[dict[str, Any]]):
+    def __init__(self, configs: list[dict[str, Any]], sizes: list[int] | None = None):
         super().__init__()
         if len(configs) < 2:
             raise ValueError("an ensemble needs at least two member configurations")
@@ -205,10 +208,24 @@ class EnsembleClassifier(nn.Module):
         n = {m.config["num_classes"] for m in self.members}
         if len(n) != 1:
             raise ValueError(f"ensemble members disagree on the number of classes: {sorted(n)}")
-        self.config = {"ensemble": [dict(m.config) for m in self.members]}
+        self.sizes = [int(v) for v in (sizes or [INPUT_SIZE] * len(configs))]
+        if len(self.sizes) != len(configs):
+            raise ValueError("one input size per ensemble member expected")
+        self.config = {"ensemble": [dict(m.config) for m in self.members], "sizes": list(self.sizes)}
+
+    @property
+    def input_size(self) -> int:
+        return max(self.sizes)
+
+    def member_input(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        s = self.sizes[i]
+        if x.shape[-1] == s and x.shape[-2] == s:
+            return x
+        return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = torch.stack([F.softmax(m(x).float(), dim=1) for m in self.members]).mean(dim=0)
+        p = torch.stack([F.softmax(m(self.member_input(x, i)).float(), dim=1)
+                         for i, m in enumerate(self.members)]).mean(dim=0)
         return torch.log(p.clamp_min(1e-12))
 
     def cam_layers(self) -> dict[str, nn.Module]:
@@ -231,7 +248,7 @@ def cam_modules(net: nn.Module, layer: str | None = None) -> list[nn.Module]:
 def build(config: dict[str, Any] | None) -> nn.Module:
     cfg = dict(config or {})
     if "ensemble" in cfg:
-        return EnsembleClassifier(list(cfg["ensemble"]))
+        return EnsembleClassifier(list(cfg["ensemble"]), cfg.get("sizes"))
     if "channels" in cfg:
         cfg["channels"] = tuple(cfg["channels"])
     return SliceClassifier(**cfg)
@@ -319,7 +336,8 @@ def load_classifier(name_or_path: str | Path | None = None, device: str | torch.
     classes = tuple(blob.get("classes") or CLASSES_BINARY)
     version = str(card.get("version") or f"classifier-{str(card.get('git_commit', 'unknown'))[:8]}")
     return LoadedClassifier(name=path.stem, version=version, classes=classes, net=net, device=dev,
-                            input_size=int(card.get("input_size", INPUT_SIZE)), card=card, path=str(path))
+                            input_size=int(net.input_size if isinstance(net, EnsembleClassifier)
+                                           else card.get("input_size", INPUT_SIZE)), card=card, path=str(path))
 
 
 # ---------------------------------------------------------------- input
@@ -562,12 +580,13 @@ def classifier_cam(clf: LoadedClassifier, hu_slice: np.ndarray, lung_slice: np.n
             h.remove()
         for p, f in flags:
             p.requires_grad_(f)
-    cam = None
-    for leaf in store:  # one map per hooked module (ensemble members share the input size)
+    maps = []
+    for leaf in store:  # one map per hooked module (one per ensemble member)
         a, g = leaf.detach(), leaf.grad.detach()
-        c = torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1))[0].float()
-        cam = c if cam is None else cam + c
-    cam = cam.cpu().numpy()
+        maps.append(torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1))[0].float())
+    side = max(m.shape[-1] for m in maps)
+    cam = sum(F.interpolate(m[None, None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+              if m.shape[-1] != side else m for m in maps).cpu().numpy()
     y0, y1, x0, x1 = box
     out = np.zeros(hu_slice.shape[-2:], np.float32)
     out[y0:y1, x0:x1] = cv2.resize(cam, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)

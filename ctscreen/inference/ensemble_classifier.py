@@ -84,14 +84,13 @@ def build_ensemble(members: list[Path], out: Path, val_covid: Path | None = None
     if len(classes) != 1:
         raise EnsembleError("the members have different classes: " + "; ".join(
             f"{m.name}: {', '.join(b.get('classes') or C.CLASSES_BINARY)}" for m, b in zip(members, blobs)))
-    sizes = {int(c.get("input_size", C.INPUT_SIZE)) for c in cards}
-    if len(sizes) != 1:
-        raise EnsembleError("the members have different input sizes: " + ", ".join(
-            f"{m.name}: {int(c.get('input_size', C.INPUT_SIZE))} px" for m, c in zip(members, cards))
-            + " - train them with the same --size")
+    sizes = [int(c.get("input_size", C.INPUT_SIZE)) for c in cards]
+    if max(sizes) > 2 * min(sizes):
+        raise EnsembleError("the members' input sizes are too far apart: " + ", ".join(
+            f"{m.name}: {s} px" for m, s in zip(members, sizes)) + " - train them with closer --size values")
     cls = next(iter(classes))
-    size = next(iter(sizes))
-    net = C.EnsembleClassifier([b["config"] for b in blobs])
+    net = C.EnsembleClassifier([b["config"] for b in blobs], sizes)
+    size = net.input_size
     state = {}
     for i, b in enumerate(blobs):
         state.update({f"members.{i}.{k}": (v.float() if v.is_floating_point() else v) for k, v in b["state_dict"].items()})
@@ -140,7 +139,8 @@ def build_ensemble(members: list[Path], out: Path, val_covid: Path | None = None
             single = C.build(b["config"])
             single.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in b["state_dict"].items()})
             one = C.LoadedClassifier(name=m.stem, version=str(c.get("version", m.stem)), classes=cls,
-                                     net=single.eval(), device=torch.device("cpu"), input_size=size, card=c)
+                                     net=single.eval(), device=torch.device("cpu"),
+                                     input_size=int(c.get("input_size", C.INPUT_SIZE)), card=c)
             r = evaluate_folders(one, Path(val_covid), Path(val_non_covid), tta=tta)
             v = {k: r[k] for k in ("accuracy", "f1", "precision", "recall", "auc", "ci95")} | {"n": r["images"]}
             base.append({"version": c.get("version"), "validation": v,
