@@ -321,3 +321,14 @@ def test_ensemble_averages_member_probabilities_and_its_cam_uses_every_member(tm
     with pytest.raises(T.DataError, match="ensemble"):
         T.train_classifier(data, tmp_path / "ft.pt", epochs=1, size=32, batch_size=4, device="cpu",
                            init=str(out), quiet=True)
+
+
+def test_ema_and_last_epoch_selection_are_recorded_and_keep_the_averaged_weights(tmp_path):
+    data = _write_images(tmp_path / "data")
+    res = T.train_classifier(data, tmp_path / "e.pt", epochs=2, size=32, batch_size=4, device="cpu",
+                             init="none", quiet=True, val_fraction=0.25, ema=0.9, select="last")
+    card = res["card"]
+    assert "decay 0.9" in card["recipe"]["ema"] and card["recipe"]["best_epoch"] == 2
+    assert card["recipe"]["selection"].startswith("last epoch")
+    with pytest.raises(T.DataError, match="ema"):
+        T.train_classifier(data, tmp_path / "x.pt", epochs=1, size=32, device="cpu", quiet=True, ema=1.5)

@@ -35,6 +35,10 @@ def add_parser(sub: Any) -> None:
     g = t.add_mutually_exclusive_group()
     g.add_argument("--minutes", type=float, default=None, help="training time budget")
     g.add_argument("--epochs", type=int, default=None, help="number of epochs (default 30)")
+    t.add_argument("--ema", type=float, default=0.0,
+                   help="keep an exponential moving average of the weights with this decay (e.g. 0.98; 0: off)")
+    t.add_argument("--select", choices=["best", "last"], default="best",
+                   help="keep the epoch with the best validation score (default) or the last one")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     t.add_argument("--size", type=int, default=192, help="input side in pixels (default 192)")
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                                threads=args.threads, quiet=args.quiet, command=command, log=log,
                                extra_covid=[Path(d) for d in args.extra_covid],
                                extra_studies=studies, extra_repeat=args.extra_repeat,
-                               figure_aug=args.augment == "figure")
+                               figure_aug=args.augment == "figure", ema=args.ema, select=args.select)
     finally:
         if log:
             log.close()

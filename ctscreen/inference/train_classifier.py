@@ -24,6 +24,7 @@ CLASS=DICOM_FOLDER`` studies rendered through the app's own HU path
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import platform
@@ -467,7 +468,7 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
                      val_fraction: float = 0.2, threads: int | None = None, quiet: bool = False,
                      command: str = "", log: Any = None, extra_covid: list[Path] | None = None,
                      extra_studies: list[tuple[str, Path]] | None = None, extra_repeat: int = 1,
-                     figure_aug: bool = False) -> dict[str, Any]:
+                     figure_aug: bool = False, ema: float = 0.0, select: str = "best") -> dict[str, Any]:
     """Train a classifier on ``data`` and write ``out`` (.pt) with its model card (.md, .json).
 
     ``init`` is ``seg-encoder``, ``none`` or a classifier ``.pt`` to fine-tune (tensors whose
@@ -477,8 +478,16 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
     as the app renders them, to the training part only (see :func:`extra_study_slices`), each
     slice ``extra_repeat`` times per epoch. A binary ``covid19``/``non_covid`` model takes
     ``other_pneumonia`` and ``no_pneumonia`` studies as ``non_covid``. ``figure_aug`` adds
-    :func:`figure_like` artefacts to the augmentation.
+    :func:`figure_like` artefacts to the augmentation. ``ema`` (e.g. 0.98) validates and keeps an
+    exponential moving average of the weights (BatchNorm statistics copied) instead of the raw
+    ones - smoother on small data than any single step; ``select`` is ``best`` (the epoch with
+    the best validation AUC/accuracy) or ``last`` (the final epoch: the validation figures are
+    then unbiased by selection).
     """
+    if select not in ("best", "last"):
+        raise DataError(f"select must be 'best' or 'last', not {select!r}")
+    if not 0.0 <= float(ema) < 1.0:
+        raise DataError(f"--ema must be in [0, 1) (0: off), not {ema}")
     t_start = time.time()
     if threads:
         torch.set_num_threads(int(threads))
@@ -573,6 +582,8 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
         return min(1.0, max(fe, ft))
 
     warm = 1  # epochs of linear warm-up
+    avg = copy.deepcopy(net) if ema else None  # the EMA weights, validated and kept instead of net's
+    step = 0
     while True:
         if epochs and epoch >= epochs:
             break
@@ -595,30 +606,41 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step += 1
+            if avg is not None:
+                d = min(float(ema), (1.0 + step) / (10.0 + step))
+                with torch.no_grad():
+                    for pa, pn in zip(avg.parameters(), net.parameters()):
+                        pa.mul_(d).add_(pn.detach(), alpha=1.0 - d)
+                    for ba, bn in zip(avg.buffers(), net.buffers()):
+                        ba.copy_(bn)
             tot += float(loss.detach())
             nb += 1
             bar.update(f"epoch {epoch + 1}", frac_done(), message=f"loss {tot / max(nb, 1):.3f}")
         epoch += 1
         row: dict[str, Any] = {"epoch": epoch, "loss": round(tot / max(nb, 1), 4),
                                "seconds": round(time.time() - t_train, 1)}
-        if hasattr(net.head, "scale"):
-            row["scale"] = round(net.head.scale, 3)
+        judged = avg if avg is not None else net
+        if hasattr(judged.head, "scale"):
+            row["scale"] = round(judged.head.scale, 3)
         if len(va.images):
-            probs = _predict(net, xv, dev)
+            probs = _predict(judged, xv, dev)
             key, m = _score(va.labels, probs, classes)
             row.update({k: round(v, 4) for k, v in m.items() if isinstance(v, float)})
-            if key > best_key:
+            if key > best_key or select == "last":
                 best_key, best_epoch = key, epoch
-                best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                best_state = {k: v.detach().cpu().clone() for k, v in judged.state_dict().items()}
                 # keep the best so far on disk, so an interrupted run still leaves usable weights
-                C.save_classifier(net, classes, out, {"interim": True, "input_size": size, "epoch": epoch,
-                                                      "validation": m, "command": command})
+                C.save_classifier(judged, classes, out, {"interim": True, "input_size": size, "epoch": epoch,
+                                                         "validation": m, "command": command})
         history.append(row)
         if log is not None:
             print(json.dumps(row), file=log, flush=True)
     bar.close()
     if best_state is not None:
         net.load_state_dict(best_state)
+    elif avg is not None:  # no validation part: keep the averaged weights
+        net.load_state_dict(avg.state_dict())
     final = {}
     per_image = []
     if len(va.images):
@@ -651,7 +673,11 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
         "recipe": {"optimizer": "AdamW, weight decay 5e-4", "lr_head": lr, "lr_encoder": enc_lr,
                    "schedule": "1 warm-up epoch, cosine decay", "loss": "class-weighted cross-entropy, label smoothing 0.1",
                    "batch_size": batch_size, "epochs_run": epoch, "epochs": epochs, "minutes": minutes, "seed": seed,
-                   "selection": "best validation AUC (binary) / accuracy (multi-class) over epochs",
+                   "selection": ("best validation AUC (binary) / accuracy (multi-class) over epochs"
+                                 if select == "best" else "last epoch (no selection on validation)"),
+                   "ema": (f"exponential moving average of the weights, decay {ema} (warm-up (1+t)/(10+t)), "
+                           "BatchNorm statistics copied; the averaged weights are validated and kept")
+                   if ema else "none",
                    "best_epoch": best_epoch},
         "command": command, "git_commit": git_commit(),
         "hardware": f"{describe_device(dev)}; {platform.processor() or platform.machine()}, "
@@ -660,8 +686,9 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
         "validation": {k: v for k, v in final.items()},
         "validation_protocol": "whole image resized to input size, left-right flip TTA, threshold 0.5; "
                                "95 % CIs: 2000 stratified bootstrap resamples of the validation images. "
-                               "The checkpoint was selected on this same validation set, so these figures are "
-                               "optimistic; the held-out test split is the unbiased measure.",
+                               + ("The checkpoint was selected on this same validation set, so these figures are "
+                                  "optimistic; the held-out test split is the unbiased measure." if select == "best"
+                                  else "The last epoch is kept (no selection on this set)."),
         "history": history,
         "notice": RESEARCH_NOTICE,
     }
