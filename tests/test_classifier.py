@@ -332,3 +332,19 @@ def test_ema_and_last_epoch_selection_are_recorded_and_keep_the_averaged_weights
     assert card["recipe"]["selection"].startswith("last epoch")
     with pytest.raises(T.DataError, match="ema"):
         T.train_classifier(data, tmp_path / "x.pt", epochs=1, size=32, device="cpu", quiet=True, ema=1.5)
+
+
+def test_study_level_flip_averaging_is_for_single_networks_only(tmp_path, monkeypatch):
+    for i in range(2):
+        _member(tmp_path / f"m{i}.pt", i)
+    assert cli_main(["ensemble-classifier", str(tmp_path / "m0.pt"), str(tmp_path / "m1.pt"),
+                     "--out", str(tmp_path / "ens.pt")]) == 0
+    seen = []
+    real = C.predict_batches
+    monkeypatch.setattr(C, "predict_batches", lambda clf, x, batch_size=16, tta=False: seen.append(tta) or
+                        real(clf, x, batch_size, tta))
+    hu, lung, lesion = _phantom(lesion_slices=(5, 6), lesion_px=64)
+    for path in (tmp_path / "m0.pt", tmp_path / "ens.pt"):
+        s = C.study_probabilities(C.load_classifier(path, device="cpu"), hu, lung, lesion)
+        assert abs(sum(s.probabilities.values()) - 1.0) < 1e-6
+    assert seen == [True, False]
