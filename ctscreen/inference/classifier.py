@@ -333,7 +333,9 @@ def load_classifier(name_or_path: str | Path | None = None, device: str | torch.
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"{path}: weights do not match the classifier architecture ({exc})") from exc
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    net.eval().to(dev)
+    # channels-last: oneDNN's faster convolution layout (a 4-member ensemble scored P001's 40 slices
+    # 1.4x faster on this 2-core CPU); the numbers are the same up to float rounding
+    net.eval().to(dev).to(memory_format=torch.channels_last)
     card = blob.get("card") or {}
     classes = tuple(blob.get("classes") or CLASSES_BINARY)
     version = str(card.get("version") or f"classifier-{str(card.get('git_commit', 'unknown'))[:8]}")
@@ -385,6 +387,7 @@ def predict_batches(clf: LoadedClassifier, x: np.ndarray, batch_size: int = 16, 
     out = np.zeros((len(x), len(clf.classes)), np.float32)
     for i in range(0, len(x), batch_size):
         t = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(clf.device)
+        t = t.contiguous(memory_format=torch.channels_last)
         p = F.softmax(clf.net(t).float(), dim=1)
         if tta:
             p = 0.5 * (p + F.softmax(clf.net(torch.flip(t, dims=[3])).float(), dim=1))
