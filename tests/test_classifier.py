@@ -272,7 +272,8 @@ def _member(path, seed: int, size_note: int = 32, classes=C.CLASSES_BINARY):
     torch.manual_seed(seed)
     net = C.SliceClassifier(num_classes=len(classes), channels=(4, 8, 8), embed_dim=8).eval()
     C.save_classifier(net, tuple(classes), path, {"version": f"m{seed}", "input_size": size_note,
-                                                   "command": f"train seed {seed}", "data": {"root": "d"}})
+                                                   "command": f"train seed {seed}", "data": {
+                                                       "root": "d", "extra_study_training": [f"S{seed % 2}: x"]}})
     return net
 
 
@@ -286,6 +287,7 @@ def test_ensemble_averages_member_probabilities_and_its_cam_uses_every_member(tm
     card = json.loads(out.with_suffix(".json").read_text())
     assert [m["version"] for m in card["members"]] == ["m0", "m1", "m2"]
     assert card["validation"]["n"] == 8 and len(card["base_model"]) == 3
+    assert card["data"]["extra_study_training"] == ["S0: x", "S1: x"]  # any member's training study counts
     assert "Research use only" in out.with_suffix(".md").read_text()
     clf = C.load_classifier(out, device="cpu")
     assert isinstance(clf.net, C.EnsembleClassifier) and clf.input_size == 32

@@ -99,6 +99,14 @@ def build_ensemble(members: list[Path], out: Path, val_covid: Path | None = None
     commit = _git_commit()
     version = f"classifier-ens{len(members)}-{time.strftime('%Y%m%d')}-{commit[:8]}"
     c0 = cards[0]
+
+    def union(key: str) -> list[str]:  # what any member trained on (a study in one member is seen)
+        seen: list[str] = []
+        for c in cards:
+            for item in (c.get("data") or {}).get(key) or []:
+                if item not in seen:
+                    seen.append(item)
+        return seen
     card: dict[str, Any] = {
         "name": out.stem, "version": version, "ctscreen_version": __version__, "classes": list(cls),
         "input_size": size,
@@ -111,6 +119,8 @@ def build_ensemble(members: list[Path], out: Path, val_covid: Path | None = None
         "parameters": int(sum(p.numel() for p in net.parameters())),
         "intensity": c0.get("intensity", ""),
         "data": {"root": "?", "split": "?", "train_counts": {}, "val_counts": {}, **(c0.get("data") or {}),
+                 "extra_covid_training": union("extra_covid_training"),
+                 "extra_study_training": union("extra_study_training"),
                  "members_data": [{"version": c.get("version"), **(c.get("data") or {})} for c in cards]},
         "augmentation": "per member: " + " | ".join(sorted({str(c.get("augmentation", "?")) for c in cards})),
         "recipe": {"members": [{"version": c.get("version"), **(c.get("recipe") or {})} for c in cards]},
