@@ -287,7 +287,8 @@ def test_ensemble_averages_member_probabilities_and_its_cam_uses_every_member(tm
     card = json.loads(out.with_suffix(".json").read_text())
     assert [m["version"] for m in card["members"]] == ["m0", "m1", "m2"]
     assert card["validation"]["n"] == 8 and len(card["base_model"]) == 3
-    assert card["data"]["extra_study_training"] == ["S0: x", "S1: x"]  # any member's training study counts
+    assert card["data"]["extra_study_training"] == ["S0: x", "S1: x"]
+    assert card["validation_no_tta"]["n"] == 8 and "Without the flip" in out.with_suffix(".md").read_text()  # any member's training study counts
     assert "Research use only" in out.with_suffix(".md").read_text()
     clf = C.load_classifier(out, device="cpu")
     assert isinstance(clf.net, C.EnsembleClassifier) and clf.input_size == 32

@@ -140,6 +140,9 @@ def build_ensemble(members: list[Path], out: Path, val_covid: Path | None = None
         res = evaluate_folders(loaded, Path(val_covid), Path(val_non_covid), tta=tta)
         card["validation"] = {k: res[k] for k in ("accuracy", "f1", "precision", "recall", "auc", "ci95")} | {
             "n": res["images"]}
+        if tta:  # the study verdict scores an ensemble without the flip: report that protocol too
+            r1 = evaluate_folders(loaded, Path(val_covid), Path(val_non_covid), tta=False)
+            card["validation_no_tta"] = {k: r1[k] for k in ("accuracy", "f1", "auc", "ci95")} | {"n": r1["images"]}
         card["validation_protocol"] = (
             f"{Path(val_covid).parent.name}/{{{Path(val_covid).name},{Path(val_non_covid).name}}}: whole image "
             f"resized to {size} px{', left-right flip TTA' if tta else ''}, threshold 0.5; 95 % CIs: 2000 "

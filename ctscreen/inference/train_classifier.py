@@ -743,6 +743,11 @@ def write_card(out: Path, card: dict[str, Any], force: bool = True) -> None:
                   f"- ROC AUC: {_fmt_ci(v, 'auc')}", f"- Images: {v.get('n')}"]
     elif v:
         lines += [f"- {k}: {val}" for k, val in v.items()]
+    v1 = card.get("validation_no_tta") or {}
+    if "auc" in v1:
+        lines += [f"- Without the flip (as study verdicts score an ensemble): accuracy {_fmt_ci(v1, 'accuracy')}, "
+                  f"F1 {_fmt_ci(v1, 'f1')}, ROC AUC {_fmt_ci(v1, 'auc')}"]
+    lines += [f"- {n}" for n in card.get("notes") or []]
     bases = card.get("base_model") or []
     for b in [bases] if isinstance(bases, dict) else bases:  # earlier stages, added to the card by hand
         if "auc" in b.get("validation", {}):
