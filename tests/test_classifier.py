@@ -351,3 +351,19 @@ def test_study_level_flip_averaging_is_for_single_networks_only(tmp_path, monkey
         s = C.study_probabilities(C.load_classifier(path, device="cpu"), hu, lung, lesion)
         assert abs(sum(s.probabilities.values()) - 1.0) < 1e-6
     assert seen == [True, False]
+
+
+def test_quarter_turn_augmentation_turns_samples_every_way_and_is_recorded(tmp_path):
+    img = np.zeros((64, 64), np.float32)
+    img[:8] = 1.0  # a bright band at the top: where it ends up tells the turn
+    rng = np.random.default_rng(0)
+
+    def side(o):
+        return int(np.argmax([o[:4].mean(), o[:, -4:].mean(), o[-4:].mean(), o[:, :4].mean()]))
+
+    assert {side(T.augment(img, 32, rng, quarter_turns=True)) for _ in range(40)} == {0, 1, 2, 3}
+    assert {side(T.augment(img, 32, rng)) for _ in range(20)} == {0}  # off by default
+    data = _write_images(tmp_path / "data")
+    res = T.train_classifier(data, tmp_path / "q.pt", epochs=1, size=32, batch_size=4, device="cpu",
+                             init="none", quiet=True, quarter_turns=True)
+    assert "quarter turns" in res["card"]["augmentation"]

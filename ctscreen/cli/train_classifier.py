@@ -39,6 +39,9 @@ def add_parser(sub: Any) -> None:
                    help="keep an exponential moving average of the weights with this decay (e.g. 0.98; 0: off)")
     t.add_argument("--select", choices=["best", "last"], default="best",
                    help="keep the epoch with the best validation score (default) or the last one")
+    t.add_argument("--quarter-turns", action="store_true",
+                   help="also turn every training sample by a random multiple of 90 degrees (COVID-SemiSeg's "
+                        "slices are stored turned; without this, orientation is a class cue)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     t.add_argument("--size", type=int, default=192, help="input side in pixels (default 192)")
@@ -78,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
                                threads=args.threads, quiet=args.quiet, command=command, log=log,
                                extra_covid=[Path(d) for d in args.extra_covid],
                                extra_studies=studies, extra_repeat=args.extra_repeat,
-                               figure_aug=args.augment == "figure", ema=args.ema, select=args.select)
+                               figure_aug=args.augment == "figure", ema=args.ema, select=args.select,
+                               quarter_turns=args.quarter_turns)
     finally:
         if log:
             log.close()

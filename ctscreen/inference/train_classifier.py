@@ -324,10 +324,12 @@ def figure_like(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def augment(img: np.ndarray, size: int, rng: np.random.Generator, figure: bool = False) -> np.ndarray:
+def augment(img: np.ndarray, size: int, rng: np.random.Generator, figure: bool = False,
+            quarter_turns: bool = False) -> np.ndarray:
     """One augmented ``(size, size)`` sample of a [0, 1] image (see the module docstring).
 
-    ``figure`` adds :func:`figure_like` artefacts (before the intensity changes).
+    ``figure`` adds :func:`figure_like` artefacts (before the intensity changes);
+    ``quarter_turns`` turns the sample by a random multiple of 90 degrees (every class alike).
     """
     import cv2
 
@@ -354,6 +356,8 @@ def augment(img: np.ndarray, size: int, rng: np.random.Generator, figure: bool =
     out = cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     if rng.random() < 0.5:
         out = out[:, ::-1]
+    if quarter_turns:
+        out = np.rot90(out, int(rng.integers(0, 4)))
     if figure:
         out = figure_like(np.ascontiguousarray(out), rng)
     mean = float(out.mean())
@@ -468,7 +472,8 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
                      val_fraction: float = 0.2, threads: int | None = None, quiet: bool = False,
                      command: str = "", log: Any = None, extra_covid: list[Path] | None = None,
                      extra_studies: list[tuple[str, Path]] | None = None, extra_repeat: int = 1,
-                     figure_aug: bool = False, ema: float = 0.0, select: str = "best") -> dict[str, Any]:
+                     figure_aug: bool = False, ema: float = 0.0, select: str = "best",
+                     quarter_turns: bool = False) -> dict[str, Any]:
     """Train a classifier on ``data`` and write ``out`` (.pt) with its model card (.md, .json).
 
     ``init`` is ``seg-encoder``, ``none`` or a classifier ``.pt`` to fine-tune (tensors whose
@@ -482,7 +487,10 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
     exponential moving average of the weights (BatchNorm statistics copied) instead of the raw
     ones - smoother on small data than any single step; ``select`` is ``best`` (the epoch with
     the best validation AUC/accuracy) or ``last`` (the final epoch: the validation figures are
-    then unbiased by selection).
+    then unbiased by selection). ``quarter_turns`` adds random 90-degree turns to every
+    training sample: COVID-SemiSeg's slices are stored turned by 90 degrees (spine left or
+    right), UCSD's and the app's upright, so without it orientation is a class cue that
+    means nothing on the app's own slices.
     """
     if select not in ("best", "last"):
         raise DataError(f"select must be 'best' or 'last', not {select!r}")
@@ -600,7 +608,7 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
             factor = min(1.0, (epoch + b / steps_per_epoch + 1e-3) / warm) * 0.5 * (1 + math.cos(math.pi * f))
             for g in opt.param_groups:
                 g["lr"] = g["base"] * max(factor, 0.02)
-            x = torch.from_numpy(np.stack([augment(tr.images[i], size, rng, figure=figure_aug)[None] for i in ix])).to(dev)
+            x = torch.from_numpy(np.stack([augment(tr.images[i], size, rng, figure=figure_aug, quarter_turns=quarter_turns)[None] for i in ix])).to(dev)
             y = torch.from_numpy(tr.labels[ix]).to(dev)
             loss = F.cross_entropy(net(x), y, weight=cw, label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
@@ -669,7 +677,8 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
                  "val_counts": {c: int((va.labels == i).sum()) for i, c in enumerate(classes)}},
         "augmentation": ("random resized crop (60-100 % area, aspect 3:4-4:3), rotation +-15 deg, left-right flip, "
                          "contrast x0.75-1.33, brightness +-0.08, gamma 0.7-1.4, Gaussian blur p0.3, noise p0.3; "
-                         "seeded numpy generator") + (f"; {FIGURE_AUGMENTATION}" if figure_aug else ""),
+                         "seeded numpy generator") + (f"; {FIGURE_AUGMENTATION}" if figure_aug else "")
+                        + ("; random quarter turns (0/90/180/270 deg) of every sample" if quarter_turns else ""),
         "recipe": {"optimizer": "AdamW, weight decay 5e-4", "lr_head": lr, "lr_encoder": enc_lr,
                    "schedule": "1 warm-up epoch, cosine decay", "loss": "class-weighted cross-entropy, label smoothing 0.1",
                    "batch_size": batch_size, "epochs_run": epoch, "epochs": epochs, "minutes": minutes, "seed": seed,
