@@ -32,26 +32,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom" / "co
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U, ties counted half)."""
-    scores = np.asarray(scores, float)
-    labels = np.asarray(labels, bool)
-    pos, neg = scores[labels], scores[~labels]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    allv = np.concatenate([pos, neg])[order]
-    ranks = np.empty(len(allv))
-    i = 0
-    while i < len(allv):  # average ranks over ties
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[i:j + 1] = (i + j) / 2 + 1
-        i = j + 1
-    r = np.empty(len(allv))
-    r[order] = ranks
-    u = r[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
-    return float(u / (len(pos) * len(neg)))
+    """Area under the ROC curve (Mann-Whitney U, ties counted half): the classifier's metric."""
+    from ctscreen.inference.train_classifier import roc_auc as auc
+
+    return auc(labels, scores)
 
 
 def _variants(res, vol, labels_csv: Path) -> dict:
