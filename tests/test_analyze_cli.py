@@ -345,3 +345,17 @@ def test_interrupt_or_failure_beside_the_seg_thread_leaves_nothing(capsys, monke
                                     tiny_model, "--device", "cpu", "--cam", "none")
     assert code == 2 and stdout == "" and "No space left on device" in stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_folder_scan_notes_are_shown_before_the_analysis(capsys, chest_folder, tiny_model, tmp_path):
+    import os
+
+    folder = tmp_path / "study"
+    shutil.copytree(chest_folder, folder)
+    os.mkfifo(folder / "pipe.dcm")  # skipped by the scan, and said so
+    (folder / "broken.dcm").write_bytes(b"DICM" * 3)
+    code, _, stderr = _run(capsys, str(folder), "--out", str(tmp_path / "out"), "--model", tiny_model,
+                           "--device", "cpu", "--png", "none", "--no-seg")
+    assert code == 0, stderr
+    notes = [ln for ln in stderr.splitlines() if ln.startswith("ctscreen analyze: note:")]
+    assert any("pipe.dcm" in ln for ln in notes), stderr

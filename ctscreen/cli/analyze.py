@@ -150,8 +150,11 @@ def analyze_folder(args: argparse.Namespace, progress_stream: Any = None, show_p
 
         classifier = str(classifier_path(classifier))  # a missing file fails now, not after the analysis
     choice: list[str] = []
-    info = pick_series(Path(args.folder).expanduser(), getattr(args, "series", None), choice)
+    scan_notes: list[str] = []
+    info = pick_series(Path(args.folder).expanduser(), getattr(args, "series", None), choice, scan_notes)
     if show_progress:
+        for line in scan_notes:  # what the folder scan passed over (a FIFO, a broken file ...)
+            print(f"ctscreen analyze: note: {line}", file=progress_stream or sys.stderr)
         for line in choice:  # before the long run: which series is being analysed
             print(f"ctscreen analyze: {line}", file=progress_stream or sys.stderr)
 

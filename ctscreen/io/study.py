@@ -28,11 +28,18 @@ def choose_series(candidates: list[Any]) -> Any:
     return min(candidates, key=lambda s: (-s.slice_count, s.z_spacing_mm or float("inf"), s.key))
 
 
-def pick_series(folder: Path, uid: str | None, notes: list[str] | None = None) -> Any:
+#: Folder-scan notes shown before an analysis; the rest are counted.
+MAX_SCAN_NOTES = 5
+
+
+def pick_series(folder: Path, uid: str | None, notes: list[str] | None = None,
+                scan_notes: list[str] | None = None) -> Any:
     """Scan ``folder`` and return the :class:`SeriesInfo` to analyse (``uid``, else :func:`choose_series`).
 
     When several series could be analysed, a line naming the chosen one and the others
-    (with ``--series``) is appended to ``notes``.
+    (with ``--series``) is appended to ``notes``. ``scan_notes`` receives what the folder
+    scan passed over (skipped special files, unreadable or non-image DICOM files), at most
+    :data:`MAX_SCAN_NOTES` lines and a count of the rest.
     """
     from ctscreen.io import dicom
 
@@ -44,6 +51,10 @@ def pick_series(folder: Path, uid: str | None, notes: list[str] | None = None) -
         scan = dicom.scan_folder(folder)
     except OSError as exc:
         raise NotADicomSeries(f"{folder} cannot be read ({exc.strerror or exc}) \u2014 check the path and permissions") from exc
+    if scan_notes is not None and scan.warnings:
+        scan_notes.extend(scan.warnings[:MAX_SCAN_NOTES])
+        if len(scan.warnings) > MAX_SCAN_NOTES:
+            scan_notes.append(f"... and {len(scan.warnings) - MAX_SCAN_NOTES} more (ctscreen info {folder} lists them)")
     if not scan.series:
         raise dicom.no_series_error(folder, scan)
     if uid:
