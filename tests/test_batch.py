@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -291,18 +292,31 @@ def test_ctrl_c_stops_workers_and_writes_the_summary(archive, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code, "batch", str(archive), "--out", str(out), "--workers", "1",
                              *FAST], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    lines: list[str] = []
+    first_done = threading.Event()
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if "[1/2]" in line:
+                first_done.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.is_dir() and any(p.name.startswith(".ctscreen-staging-") for p in out.iterdir()):
-                break  # a worker is inside a study
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()
+        # Signal right after the first study is reported: the worker is then inside the second one
+        # (about a second of work), so the Ctrl-C always lands on a study in flight. Waiting for a
+        # staging folder instead could catch the last study's export and race its end on a busy machine.
+        assert first_done.wait(90), "".join(lines)
+        assert proc.poll() is None, "".join(lines)
         os.killpg(proc.pid, signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    reader.join(timeout=10)
+    stderr = "".join(lines)
+    proc.stdout.read()
     assert proc.returncode == 130, stderr
     s = _summary(out)
     assert s["interrupted"] and s["counts"]["not_run"] >= 1
