@@ -288,7 +288,10 @@ def test_interrupt_inside_a_study_leaves_no_half_written_folder(archive, tmp_pat
 def test_ctrl_c_stops_workers_and_writes_the_summary(archive, tmp_path):
     """A real Ctrl-C (SIGINT to the process group, as a terminal sends it) during a local run."""
     out = tmp_path / "out"
-    code = "import sys; from ctscreen.cli import main; sys.exit(main(sys.argv[1:]))"
+    # A terminal's foreground process gets Ctrl-C as KeyboardInterrupt; a test run launched in the
+    # background (nohup ... &) inherits SIGINT ignored, and Python then installs no handler: restore it.
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from ctscreen.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, "batch", str(archive), "--out", str(out), "--workers", "1",
                              *FAST], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
