@@ -360,7 +360,13 @@ def test_cam_layer_box_computes_the_picked_layer_on_demand(window, qtbot, random
 
     ui = window.analysis_ui
     combo = ui.cam_layer_combo
-    assert combo.parent() is not None and ui.toolbar.widgetForAction(ui.cam_action) is not None
+    assert combo.parent() is not None and ui.cam_toolbar.widgetForAction(ui.cam_action) is not None
+    # every activation-map control is on screen at the default width (they used to be cut off)
+    window.resize(1360, 860)
+    window.show()
+    QApplication.processEvents()
+    for widget in (ui.cam_layer_combo, ui.cam_method_combo, ui.cam_opacity):
+        assert widget.isVisible() and ui.cam_toolbar.rect().contains(widget.geometry()), widget.objectName()
     window.configure_analysis(model=str(random_weights), device="cpu")  # a UNet file: the UNet layers
     assert [combo.itemData(i) for i in range(combo.count())] == list(CAM_LAYERS["unet"])
     # decoder1 is the default since issue 9; the fake result below was made at decoder4

@@ -11,7 +11,7 @@ from typing import Any, Callable, Protocol
 
 from PySide6.QtCore import QObject, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QComboBox, QDockWidget, QMenu, QSlider
+from PySide6.QtWidgets import QComboBox, QDockWidget, QMenu, QSlider, QToolBar
 
 from ctscreen.inference.camlayers import (CAM_METHOD_NAMES, DEFAULT_CAM_METHOD, arch_of_model, describe,
                                          describe_method, layers_for)
@@ -198,11 +198,17 @@ class AnalysisUi(QObject):
             bar.addAction(action)
         bar.addWidget(self.lesion_opacity)
         bar.addAction(self.lung_action)
-        bar.addAction(self.cam_action)
-        bar.addWidget(self.cam_layer_combo)
-        bar.addWidget(self.cam_method_combo)
-        bar.addWidget(self.cam_opacity)
         self.toolbar = bar
+        # The activation-map controls have a bar of their own: on one row with the rest they were cut
+        # off at the default 1360-px width. The window places it (on the reading tools' row).
+        cam_bar = QToolBar("Activation maps", w)
+        cam_bar.setObjectName("camToolBar")
+        cam_bar.setMovable(False)
+        cam_bar.addAction(self.cam_action)
+        cam_bar.addWidget(self.cam_layer_combo)
+        cam_bar.addWidget(self.cam_method_combo)
+        cam_bar.addWidget(self.cam_opacity)
+        self.cam_toolbar = cam_bar
 
     def _build_menus(self) -> None:
         w = self.window

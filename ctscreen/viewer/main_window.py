@@ -140,6 +140,7 @@ class MainWindow(QMainWindow):
                                  self.view_menu, self.file_menu, self.quit_action, self.analysis_ui.dock,
                                  self.settings)
         self.analysis_ui.exporter.reader_measurements = self.reading.tools.store.to_dicts  # into report.json
+        self.addToolBar(self.analysis_ui.cam_toolbar)  # after the reading tools: the second toolbar row
 
         self.resize(1360, 860)
         self.resizeDocks([self.tags_dock], [450], Qt.Orientation.Horizontal)
