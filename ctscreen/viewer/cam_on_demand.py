@@ -26,10 +26,10 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QObject, QTimer, Signal, Slot
+from PySide6.QtCore import QObject, Signal, Slot
 
 from ctscreen.errors import Cancelled, CtscreenError
-from ctscreen.viewer.worker import GeneratorWorker
+from ctscreen.viewer.on_demand import OnDemandSlices
 
 #: Wait this long after the last slice change before computing a map (scrolling stays smooth).
 DEBOUNCE_MS = 150
@@ -89,7 +89,7 @@ def compute_cam(job: CamJob, cancel: threading.Event) -> Generator[str, None, tu
     return job, np.ascontiguousarray(cam, dtype=np.float16), float(outside)
 
 
-class CamOnDemand(QObject):
+class CamOnDemand(OnDemandSlices):
     """Per-layer Grad-CAM maps of one window's result, computed for the slice on screen.
 
     Parameters
@@ -115,34 +115,23 @@ class CamOnDemand(QObject):
 
     def __init__(self, current_index: Callable[[], int], parent: QObject | None = None,
                  compute: Callable[..., Generator[Any, None, Any]] = compute_cam) -> None:
-        super().__init__(parent)
+        super().__init__(compute, DEBOUNCE_MS, MAX_MAPS, parent)
         self.current_index = current_index
-        self.compute = compute
-        self.result: Any = None
         self.model: str | None = None
         self.device = "auto"
         self.layer = ""
         self.active = True  # False while the Grad-CAM overlay is hidden: nothing is computed
-        self._maps: OrderedDict[tuple[str, int], tuple[np.ndarray, float]] = OrderedDict()
+        self._maps: OrderedDict[tuple[str, int], tuple[np.ndarray, float]]  # (layer, slice) -> (map, outside)
         self._failed: set[str] = set()
-        self._worker: GeneratorWorker | None = None
-        self._job: CamJob | None = None
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(DEBOUNCE_MS)
-        self._timer.timeout.connect(self.request_current)
 
     # -- state ---------------------------------------------------------------------------------------
     def set_result(self, result: Any, model: str | None = None, device: str = "auto") -> None:
         """A new analysis result (or None): forget the maps of the old one; show the result's own layer."""
-        if self._worker is not None:
-            self._worker.cancel()  # its map would belong to the old result; dropped on return anyway
-        self._timer.stop()
+        self._forget()  # a map being computed belongs to the old result: dropped on return anyway
         self.result = result
         self.model = model
         self.device = device or "auto"
         self.layer = str(getattr(result, "cam_layer", "") or "") if result is not None else ""
-        self._maps.clear()
         self._failed.clear()
 
     def set_layer(self, layer: str) -> None:
@@ -161,10 +150,6 @@ class CamOnDemand(QObject):
             self.request_current()
         else:
             self._timer.stop()
-
-    @property
-    def busy(self) -> bool:
-        return self._worker is not None
 
     @property
     def on_demand(self) -> bool:
@@ -209,48 +194,25 @@ class CamOnDemand(QObject):
         if not self.needs(k) or self._worker is not None:
             return
         job = CamJob(result=self.result, model=self.model, device=self.device, layer=self.layer, index=k)
-        worker = GeneratorWorker(self.compute, job, background=True)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
-        self._worker, self._job = worker, job
-        worker.start()
+        self._start(job)
         self.busyChanged.emit(job.layer, k)
 
     @Slot(object)
     def _on_returned(self, value: Any) -> None:
         job, cam, outside = value
-        if job.result is not self.result:
+        if self._ignored(job=job):
             return  # computed for a result no longer shown
-        self._maps[(job.layer, job.index)] = (cam, outside)
-        while len(self._maps) > MAX_MAPS:
-            self._maps.popitem(last=False)
+        self._remember((job.layer, job.index), (cam, outside))
         if job.layer == self.layer:
             self.displayChanged.emit(self.display_result())
 
     @Slot(object)
     def _on_errored(self, exc: BaseException) -> None:
-        job = self._job
-        if isinstance(exc, Cancelled) or job is None or job.result is not self.result:
+        if self._ignored(exc):
             return
-        layer = job.layer
+        layer = self._job.layer
         self._failed.add(layer)
-        reason = str(exc) if isinstance(exc, CtscreenError) else f"{type(exc).__name__}: {exc}"
-        self.failed.emit(f"Grad-CAM at {layer} could not be computed: {' '.join(reason.split())}")
+        self.failed.emit(f"Grad-CAM at {layer} could not be computed: {self.reason(exc)}")
 
-    @Slot()
-    def _on_finished(self) -> None:
-        worker, self._worker, self._job = self._worker, None, None
-        if worker is not None:
-            worker.deleteLater()
+    def _idle(self) -> None:
         self.busyChanged.emit("", -1)
-        if not self._timer.isActive():
-            self.request_current()  # the user may have moved on while this one ran
-
-    def shutdown(self, timeout_s: float = 10.0) -> None:
-        self._timer.stop()
-        worker = self._worker
-        if worker is not None and worker.is_running:
-            worker.cancel()
-            worker.wait(timeout_s)
-            worker.blockSignals(True)

@@ -32,8 +32,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QGridLayout, QHBoxLayout, QHea
                                QPushButton, QScrollArea, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from ctscreen import RESEARCH_NOTICE
-from ctscreen.errors import Cancelled, CtscreenError
-from ctscreen.viewer.worker import GeneratorWorker
+from ctscreen.errors import Cancelled
+from ctscreen.viewer.on_demand import OnDemandSlices
 
 #: Colour of each category's name (a reading aid, not an alarm).
 CATEGORY_COLOURS = {"typical": "#ff8a65", "indeterminate": "#ffd54f", "atypical": "#4fc3f7",
@@ -152,7 +152,7 @@ def compute_classifier_cam(job: ClassifierCamJob, cancel: threading.Event
     return job, np.ascontiguousarray(cam, dtype=np.float16)
 
 
-class ClassifierCamOnDemand(QObject):
+class ClassifierCamOnDemand(OnDemandSlices):
     """The classifier's Grad-CAM of the slice on screen, computed in a background worker and cached.
 
     Signals
@@ -168,32 +168,21 @@ class ClassifierCamOnDemand(QObject):
 
     def __init__(self, parent: QObject | None = None,
                  compute: Callable[..., Generator[Any, None, Any]] = compute_classifier_cam) -> None:
-        super().__init__(parent)
-        self.compute = compute
-        self.result: Any = None
+        super().__init__(compute, DEBOUNCE_MS, MAX_MAPS, parent)
         self.model = ""
         self.device = "auto"
         self.index = -1
         self.active = True
         self.error = ""
-        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._worker: GeneratorWorker | None = None
-        self._job: ClassifierCamJob | None = None
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(DEBOUNCE_MS)
-        self._timer.timeout.connect(self.request_current)
+        self._maps: OrderedDict[int, np.ndarray]  # slice -> map
 
     def set_result(self, result: Any, device: str = "auto") -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-        self._timer.stop()
+        self._forget()
         self.result = result
         s = getattr(result, "screening", None) if result is not None else None
         self.model = str(getattr(s, "model_name", "") or "") if s is not None else ""
         self.device = device or "auto"
         self.error = ""
-        self._maps.clear()
 
     def set_active(self, active: bool) -> None:
         """Inactive (the panel hidden), nothing is scheduled; a map being computed still lands in the cache."""
@@ -222,48 +211,22 @@ class ClassifierCamOnDemand(QObject):
         if (not self.available or not self.active or k < 0 or k in self._maps or self._worker is not None
                 or k >= self.result.volume.shape[0]):
             return
-        job = ClassifierCamJob(self.result, self.model, self.device, k)
-        worker = GeneratorWorker(self.compute, job, background=True)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
-        self._worker, self._job = worker, job
-        worker.start()
+        self._start(ClassifierCamJob(self.result, self.model, self.device, k))
 
     @Slot(object)
     def _on_returned(self, value: Any) -> None:
         job, cam = value
-        if job.result is not self.result:
+        if self._ignored(job=job):
             return
-        self._maps[job.index] = cam
-        while len(self._maps) > MAX_MAPS:
-            self._maps.popitem(last=False)
+        self._remember(job.index, cam)
         self.mapReady.emit(job.index)
 
     @Slot(object)
     def _on_errored(self, exc: BaseException) -> None:
-        job = self._job
-        if isinstance(exc, Cancelled) or job is None or job.result is not self.result:
+        if self._ignored(exc):
             return
-        reason = str(exc) if isinstance(exc, CtscreenError) else f"{type(exc).__name__}: {exc}"
-        self.error = " ".join(reason.split())
+        self.error = self.reason(exc)
         self.failed.emit(f"Classifier Grad-CAM could not be computed: {self.error}")
-
-    @Slot()
-    def _on_finished(self) -> None:
-        worker, self._worker, self._job = self._worker, None, None
-        if worker is not None:
-            worker.deleteLater()
-        if not self._timer.isActive():
-            self.request_current()  # the user may have moved on while this one ran
-
-    def shutdown(self, timeout_s: float = 10.0) -> None:
-        self._timer.stop()
-        worker = self._worker
-        if worker is not None and worker.is_running:
-            worker.cancel()
-            worker.wait(timeout_s)
-            worker.blockSignals(True)
 
 
 # ----------------------------------------------------------------------------------------- the panel
