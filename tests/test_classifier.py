@@ -367,3 +367,57 @@ def test_quarter_turn_augmentation_turns_samples_every_way_and_is_recorded(tmp_p
     res = T.train_classifier(data, tmp_path / "q.pt", epochs=1, size=32, batch_size=4, device="cpu",
                              init="none", quiet=True, quarter_turns=True)
     assert "quarter turns" in res["card"]["augmentation"]
+
+
+def test_lesion_crops_zoom_onto_the_segmented_lesion_and_are_recorded(tmp_path):
+    img = np.zeros((96, 96), np.float32)
+    img[10:22, 70:82] = 1.0  # a bright 'lesion' in the upper right
+    mask = np.zeros((T.LESION_MASK_SIDE, T.LESION_MASK_SIDE), bool)
+    mask[7:14, 47:54] = True  # the same place on the stored mask's grid
+    rng = np.random.default_rng(0)
+    zoomed = [T.augment(img, 32, rng, lesion=mask, lesion_crop=1.0).mean() for _ in range(30)]
+    plain = [T.augment(img, 32, rng, lesion=mask, lesion_crop=0.0).mean() for _ in range(30)]
+    assert np.mean(zoomed) > 2.5 * np.mean(plain)  # the lesion fills far more of a lesion crop
+    y0, x0, ch, cw = T.focus_box(96, 96, mask, np.random.default_rng(1))
+    assert 0.3 * 96 - 1 <= min(ch, cw) and max(ch, cw) <= 0.6 * 96 * 1.16 + 1
+    assert y0 <= 16 <= y0 + ch and x0 <= 76 <= x0 + cw  # the crop holds the lesion
+    y0, x0, ch, cw = T.focus_box(96, 96, np.zeros_like(mask), np.random.default_rng(2))  # lesion-free: still a zoom
+    assert max(ch, cw) <= 0.6 * 96 * 1.16 + 1 and 0 <= y0 <= 96 - ch
+    # masks come from the shipped segmentation, one per training image
+    ms = T.lesion_masks([img, np.zeros((40, 50), np.float32)], "cpu")
+    assert len(ms) == 2 and ms[0].shape == (T.LESION_MASK_SIDE,) * 2 and not ms[1].any()
+    data = _write_images(tmp_path / "data")
+    res = T.train_classifier(data, tmp_path / "l.pt", epochs=1, size=32, batch_size=4, device="cpu",
+                             init="none", quiet=True, lesion_crops=0.5)
+    assert res["card"]["lesion_crops"] == 0.5 and "lesion-centred zoom, p 0.5" in res["card"]["augmentation"]
+    assert C.uses_lesion_focus(C.load_classifier(tmp_path / "l.pt", device="cpu"))
+    with pytest.raises(T.DataError, match="lesion-crops"):
+        T.train_classifier(data, tmp_path / "x.pt", epochs=1, size=32, device="cpu", quiet=True, lesion_crops=2)
+
+
+def test_study_scores_add_the_lesion_focus_view_only_for_models_trained_on_it(monkeypatch):
+    hu, lung, lesion = _phantom(n=12, size=64, lesion_slices=(5, 6), lesion_px=36)
+    fb = C.focus_box(lesion[5], (8, 56, 6, 58))
+    assert fb is not None
+    y0, y1, x0, x1 = fb
+    assert y1 - y0 == x1 - x0 == round(0.45 * 48)  # FOCUS_SIDE of the shorter box side
+    assert y0 <= 23 <= y1 and x0 <= 15 <= x1 and 8 <= y0 and y1 <= 56 and 6 <= x0 and x1 <= 58
+    assert C.focus_box(np.zeros((64, 64)), (8, 56, 6, 58)) is None
+    x, keep = C.lesion_focus_inputs(hu[4:8], lesion[4:8], 32, (8, 56, 6, 58))
+    assert keep == [1, 2] and x.shape == (2, 1, 32, 32)
+    clf = _tiny()
+    sizes = []
+    real = C.predict_batches
+    monkeypatch.setattr(C, "predict_batches", lambda c, x, batch_size=16, tta=False: sizes.append(len(x)) or
+                        real(c, x, batch_size, tta))
+    plain = C.study_probabilities(clf, hu, lung, lesion, tta=False)
+    assert "focus" not in plain.pooling and len(sizes) == 1
+    clf.card = {"lesion_crops": 0.5}
+    focus = C.study_probabilities(clf, hu, lung, lesion, tta=False)
+    assert "lesion-focus view on 2 slices" in focus.pooling and sizes[1:] == [sizes[0], 2]
+    assert abs(sum(focus.probabilities.values()) - 1.0) < 1e-6
+    # an ensemble uses the view only when every member learned it
+    clf.card = {"members": [{"lesion_crops": 0.5}, {"lesion_crops": 0.0}]}
+    assert not C.uses_lesion_focus(clf)
+    clf.card = {"members": [{"lesion_crops": 0.5}, {"lesion_crops": 0.3}]}
+    assert C.uses_lesion_focus(clf)

@@ -42,6 +42,9 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--quarter-turns", action="store_true",
                    help="also turn every training sample by a random multiple of 90 degrees (COVID-SemiSeg's "
                         "slices are stored turned; without this, orientation is a class cue)")
+    t.add_argument("--lesion-crops", type=float, default=0.0, metavar="P",
+                   help="share of training samples zoomed onto a lesion the shipped segmentation finds (a random "
+                        "point of a lesion-free image), every class alike; the app scores such views too (default 0)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     t.add_argument("--size", type=int, default=192, help="input side in pixels (default 192)")
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                                extra_covid=[Path(d) for d in args.extra_covid],
                                extra_studies=studies, extra_repeat=args.extra_repeat,
                                figure_aug=args.augment == "figure", ema=args.ema, select=args.select,
-                               quarter_turns=args.quarter_turns)
+                               quarter_turns=args.quarter_turns, lesion_crops=args.lesion_crops)
     finally:
         if log:
             log.close()

@@ -381,6 +381,58 @@ def hu_slices_to_input(hu_slices: np.ndarray, size: int, box: tuple[int, int, in
     return out
 
 
+#: Side of the lesion-focus view as a share of the thorax box's shorter side (the middle of the
+#: training range, :data:`ctscreen.inference.train_classifier.LESION_CROP_SIDE`).
+FOCUS_SIDE = 0.45
+
+
+def focus_box(lesion_slice: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    """The lesion-focus crop ``(y0, y1, x0, x1)`` of one slice: a square of :data:`FOCUS_SIDE` of the
+    thorax box's shorter side (more when the lesion is larger), centred on the largest lesion piece
+    (8-connected), kept inside the thorax box; ``None`` without a lesion pixel in the box."""
+    import cv2
+
+    y0, y1, x0, x1 = box
+    m = (np.asarray(lesion_slice)[y0:y1, x0:x1] > 0).astype(np.uint8)
+    if not m.any():
+        return None
+    n, _lab, stats, cents = cv2.connectedComponentsWithStats(m, connectivity=8)
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    h, w = y1 - y0, x1 - x0
+    extent = 1.3 * max(stats[k, cv2.CC_STAT_WIDTH], stats[k, cv2.CC_STAT_HEIGHT])
+    side = int(round(min(min(h, w), max(FOCUS_SIDE * min(h, w), extent))))
+    cx, cy = cents[k]
+    a = int(np.clip(round(cy - side / 2), 0, h - side))
+    b = int(np.clip(round(cx - side / 2), 0, w - side))
+    return (y0 + a, y0 + a + side, x0 + b, x0 + b + side)
+
+
+def lesion_focus_inputs(hu_slices: np.ndarray, lesion_slices: np.ndarray, size: int,
+                        box: tuple[int, int, int, int]) -> tuple[np.ndarray, list[int]]:
+    """Zoomed views of the lesions: ``(m, 1, size, size)`` for the ``m`` slices (their indices
+    returned) that hold a lesion inside ``box`` - the view a model trained with
+    ``--lesion-crops`` also learned from."""
+    xs, keep = [], []
+    for i, (s, les) in enumerate(zip(hu_slices, lesion_slices)):
+        fb = focus_box(les, box)
+        if fb is None:
+            continue
+        a0, a1, b0, b1 = fb
+        xs.append(unit_to_input(hu_to_unit(s[a0:a1, b0:b1]), size)[None])
+        keep.append(i)
+    return (np.stack(xs).astype(np.float32) if xs else np.zeros((0, 1, size, size), np.float32)), keep
+
+
+def uses_lesion_focus(clf: "LoadedClassifier") -> bool:
+    """Whether the model learned lesion-focus views (``train-classifier --lesion-crops``; an
+    ensemble only when every member did), so study scores average them with the whole slice."""
+    card = clf.card or {}
+    members = card.get("members")
+    if members:
+        return all(float(m.get("lesion_crops", 0) or 0) > 0 for m in members)
+    return float(card.get("lesion_crops", 0) or 0) > 0
+
+
 @torch.no_grad()
 def predict_batches(clf: LoadedClassifier, x: np.ndarray, batch_size: int = 16, tta: bool = False) -> np.ndarray:
     """``(n, 1, S, S)`` inputs -> ``(n, n_classes)`` softmax probabilities (optional left-right flip TTA)."""
@@ -513,11 +565,18 @@ def study_probabilities(clf: LoadedClassifier, volume: Any, lung: np.ndarray, le
     idx = choose_slices(lung, lesion)
     probs = predict_batches(clf, hu_slices_to_input(hu[idx], clf.input_size, box), tta=tta) if idx else \
         np.zeros((0, len(clf.classes)), np.float32)
+    focus = 0
+    if idx and uses_lesion_focus(clf):  # second view: zoomed on the slice's largest lesion piece
+        xf, keep = lesion_focus_inputs(hu[idx], (lesion[idx] > 0) & (lung[idx] > 0), clf.input_size, box)
+        if keep:
+            pf = predict_batches(clf, xf, tta=tta)
+            probs[keep] = 0.5 * (probs[keep] + pf)
+            focus = len(keep)
     les_px = (lesion[idx] > 0).reshape(len(idx), -1).sum(axis=1).astype(np.float64) if idx else np.zeros(0)
     pos = clf.positive_index
     if les_px.sum() >= MIN_LESION_PIXELS:
         w = les_px / les_px.sum()  # attention over lesion slices: weight = lesion area
-        pooling = "lesion-area attention"
+        pooling = "lesion-area attention" + (f" (whole slice + lesion-focus view on {focus} slices)" if focus else "")
     else:  # no lesion: mean of the top-k slices by P(COVID)
         k = max(1, min(5, len(idx)))
         w = np.zeros(len(idx))

@@ -131,6 +131,7 @@ def build_ensemble(members: list[Path], out: Path, val_covid: Path | None = None
         "training_seconds": round(sum(float(c.get("training_seconds") or 0.0) for c in cards), 1),
         "validation": {}, "validation_protocol": "", "notice": RESEARCH_NOTICE,
         "members": [{"file": m.name, "version": c.get("version"), "command": c.get("command"),
+                     "lesion_crops": float(c.get("lesion_crops", 0) or 0),
                      "validation_training_time": c.get("validation")} for m, c in zip(members, cards)],
     }
     base = []

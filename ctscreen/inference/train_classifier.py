@@ -15,7 +15,10 @@ Data layouts (one sub-folder per class; names like ``COVID``/``NonCOVID`` or
 Augmentation (seeded ``numpy`` generator, per sample): random resized crop (area 60-100 %,
 aspect 3:4-4:3), rotation +-15 deg, left-right flip, contrast x0.75-1.33, brightness +-0.08,
 gamma 0.7-1.4, Gaussian blur (p 0.3, sigma 0.3-1.5), Gaussian noise (p 0.3, sd <= 0.04);
-``--augment figure`` adds paper-figure artefacts to every class (:func:`figure_like`).
+``--augment figure`` adds paper-figure artefacts to every class (:func:`figure_like`);
+``--lesion-crops P`` replaces the crop, with probability P, by a zoomed view centred on a
+lesion that the shipped segmentation finds in the image (a random point of a lesion-free
+image), every class alike (:func:`lesion_masks`, :func:`focus_box`).
 
 Training-only additions: ``--extra-covid`` image folders (COVID-19) and ``--extra-study
 CLASS=DICOM_FOLDER`` studies rendered through the app's own HU path
@@ -324,22 +327,84 @@ def figure_like(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+#: Side of the stored lesion masks used to centre lesion crops (pixels, stretched to the image).
+LESION_MASK_SIDE = 64
+#: A lesion crop's side as a share of the image's shorter side (uniform in this range).
+LESION_CROP_SIDE = (0.3, 0.6)
+#: What ``--lesion-crops P`` adds (model cards quote it).
+LESION_CROP_AUGMENTATION = ("lesion-centred zoom, p {p}: a square crop of {lo:.0%}-{hi:.0%} of the shorter side "
+                            "(aspect 3:4-4:3) centred on a random lesion pixel of the shipped segmentation's mask "
+                            "(+-10 % jitter), or on a random point of the central half of a lesion-free image - "
+                            "every class alike, so zoom is no class cue; the app scores the same kind of view "
+                            "(ctscreen.inference.classifier.lesion_focus_inputs)")
+
+
+def lesion_masks(images: list[np.ndarray], device: str | torch.device = "cpu",
+                 progress: ProgressBar | None = None) -> list[np.ndarray]:
+    """The shipped segmentation's lesion mask of each [0, 1] training image, as a
+    ``LESION_MASK_SIDE``-square bool array stretched over the image (what :func:`augment`
+    centres its lesion crops on). Images go through the same 8-bit path as
+    ``ctscreen evaluate``; one view (no flip TTA)."""
+    import cv2
+
+    from ctscreen.inference.models import load_model
+    from ctscreen.inference.preprocess import image_to_model_input
+    from ctscreen.inference.segment import labels_from_probs, predict_tensor
+
+    model = load_model(None, device=device)
+    out: list[np.ndarray] = []
+    for i in range(0, len(images), 16):
+        chunk = images[i:i + 16]
+        x = torch.from_numpy(np.stack([image_to_model_input(np.clip(im * 255.0, 0, 255)) for im in chunk]))
+        probs = predict_tensor(model, x.to(model.device), tta=1).cpu().numpy()
+        for pr in probs:
+            lab = (labels_from_probs(pr) > 0).astype(np.uint8)
+            out.append(cv2.resize(lab, (LESION_MASK_SIDE, LESION_MASK_SIDE), interpolation=cv2.INTER_AREA) > 0)
+        if progress:
+            progress.update("lesion masks", min(1.0, (i + 16) / max(1, len(images))))
+    return out
+
+
+def focus_box(h: int, w: int, lesion: np.ndarray | None, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A lesion-centred crop ``(y0, x0, ch, cw)`` of an ``h`` x ``w`` image (see
+    :data:`LESION_CROP_AUGMENTATION`)."""
+    side = rng.uniform(*LESION_CROP_SIDE) * min(h, w)
+    aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    ch = max(8, min(h, int(round(side / math.sqrt(aspect)))))
+    cw = max(8, min(w, int(round(side * math.sqrt(aspect)))))
+    pts = np.argwhere(lesion) if lesion is not None else np.zeros((0, 2))
+    if len(pts):
+        py, px = pts[int(rng.integers(0, len(pts)))]
+        cy = (py + 0.5) / lesion.shape[0] * h + rng.uniform(-0.1, 0.1) * ch
+        cx = (px + 0.5) / lesion.shape[1] * w + rng.uniform(-0.1, 0.1) * cw
+    else:
+        cy, cx = rng.uniform(0.25, 0.75) * h, rng.uniform(0.25, 0.75) * w
+    y0 = int(np.clip(round(cy - ch / 2), 0, h - ch))
+    x0 = int(np.clip(round(cx - cw / 2), 0, w - cw))
+    return y0, x0, ch, cw
+
+
 def augment(img: np.ndarray, size: int, rng: np.random.Generator, figure: bool = False,
-            quarter_turns: bool = False) -> np.ndarray:
+            quarter_turns: bool = False, lesion: np.ndarray | None = None,
+            lesion_crop: float = 0.0) -> np.ndarray:
     """One augmented ``(size, size)`` sample of a [0, 1] image (see the module docstring).
 
     ``figure`` adds :func:`figure_like` artefacts (before the intensity changes);
-    ``quarter_turns`` turns the sample by a random multiple of 90 degrees (every class alike).
+    ``quarter_turns`` turns the sample by a random multiple of 90 degrees (every class alike);
+    with probability ``lesion_crop`` the crop is :func:`focus_box` on the image's ``lesion`` mask.
     """
     import cv2
 
     h, w = img.shape
-    area = rng.uniform(0.6, 1.0) * h * w
-    aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-    ch = min(h, int(round(math.sqrt(area / aspect))))
-    cw = min(w, int(round(math.sqrt(area * aspect))))
-    y0 = int(rng.integers(0, h - ch + 1))
-    x0 = int(rng.integers(0, w - cw + 1))
+    if lesion_crop and rng.random() < lesion_crop:
+        y0, x0, ch, cw = focus_box(h, w, lesion, rng)
+    else:
+        area = rng.uniform(0.6, 1.0) * h * w
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        ch = min(h, int(round(math.sqrt(area / aspect))))
+        cw = min(w, int(round(math.sqrt(area * aspect))))
+        y0 = int(rng.integers(0, h - ch + 1))
+        x0 = int(rng.integers(0, w - cw + 1))
     angle = rng.uniform(-15, 15)
     # crop box -> output square, rotated about the centre
     cx, cy = x0 + cw / 2.0, y0 + ch / 2.0
@@ -473,7 +538,7 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
                      command: str = "", log: Any = None, extra_covid: list[Path] | None = None,
                      extra_studies: list[tuple[str, Path]] | None = None, extra_repeat: int = 1,
                      figure_aug: bool = False, ema: float = 0.0, select: str = "best",
-                     quarter_turns: bool = False) -> dict[str, Any]:
+                     quarter_turns: bool = False, lesion_crops: float = 0.0) -> dict[str, Any]:
     """Train a classifier on ``data`` and write ``out`` (.pt) with its model card (.md, .json).
 
     ``init`` is ``seg-encoder``, ``none`` or a classifier ``.pt`` to fine-tune (tensors whose
@@ -490,8 +555,11 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
     then unbiased by selection). ``quarter_turns`` adds random 90-degree turns to every
     training sample: COVID-SemiSeg's slices are stored turned by 90 degrees (spine left or
     right), UCSD's and the app's upright, so without it orientation is a class cue that
-    means nothing on the app's own slices.
+    means nothing on the app's own slices. ``lesion_crops`` (0-1) is the share of samples
+    zoomed onto a lesion (see :func:`focus_box`); their masks come from the shipped segmentation.
     """
+    if not 0.0 <= float(lesion_crops) <= 1.0:
+        raise DataError(f"--lesion-crops must be in [0, 1], not {lesion_crops}")
     if select not in ("best", "last"):
         raise DataError(f"select must be 'best' or 'last', not {select!r}")
     if not 0.0 <= float(ema) < 1.0:
@@ -539,6 +607,7 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
         study_note.append(f"{note} -> {key}" + (f" (x{reps} per epoch)" if reps > 1 else ""))
     if len(np.unique(tr.labels)) < 2:
         raise DataError(f"{data}: the training part needs images of at least two classes")
+    masks = lesion_masks(tr.images, dev, bar) if lesion_crops else [None] * len(tr.images)
     net = C.SliceClassifier(num_classes=len(classes), head=head).to(dev)
     init_note = "random (He) initialisation"
     if init == "seg-encoder":
@@ -608,7 +677,8 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
             factor = min(1.0, (epoch + b / steps_per_epoch + 1e-3) / warm) * 0.5 * (1 + math.cos(math.pi * f))
             for g in opt.param_groups:
                 g["lr"] = g["base"] * max(factor, 0.02)
-            x = torch.from_numpy(np.stack([augment(tr.images[i], size, rng, figure=figure_aug, quarter_turns=quarter_turns)[None] for i in ix])).to(dev)
+            x = torch.from_numpy(np.stack([augment(tr.images[i], size, rng, figure=figure_aug, quarter_turns=quarter_turns,
+                                                   lesion=masks[i], lesion_crop=lesion_crops)[None] for i in ix])).to(dev)
             y = torch.from_numpy(tr.labels[ix]).to(dev)
             loss = F.cross_entropy(net(x), y, weight=cw, label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
@@ -678,7 +748,10 @@ def train_classifier(data: Path, out: Path, head: str = "cosine", init: str = "s
         "augmentation": ("random resized crop (60-100 % area, aspect 3:4-4:3), rotation +-15 deg, left-right flip, "
                          "contrast x0.75-1.33, brightness +-0.08, gamma 0.7-1.4, Gaussian blur p0.3, noise p0.3; "
                          "seeded numpy generator") + (f"; {FIGURE_AUGMENTATION}" if figure_aug else "")
-                        + ("; random quarter turns (0/90/180/270 deg) of every sample" if quarter_turns else ""),
+                        + ("; random quarter turns (0/90/180/270 deg) of every sample" if quarter_turns else "")
+                        + ("; " + LESION_CROP_AUGMENTATION.format(p=lesion_crops, lo=LESION_CROP_SIDE[0],
+                                                                   hi=LESION_CROP_SIDE[1]) if lesion_crops else ""),
+        "lesion_crops": float(lesion_crops),
         "recipe": {"optimizer": "AdamW, weight decay 5e-4", "lr_head": lr, "lr_encoder": enc_lr,
                    "schedule": "1 warm-up epoch, cosine decay", "loss": "class-weighted cross-entropy, label smoothing 0.1",
                    "batch_size": batch_size, "epochs_run": epoch, "epochs": epochs, "minutes": minutes, "seed": seed,
