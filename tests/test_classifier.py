@@ -390,7 +390,14 @@ def test_lesion_crops_zoom_onto_the_segmented_lesion_and_are_recorded(tmp_path):
     res = T.train_classifier(data, tmp_path / "l.pt", epochs=1, size=32, batch_size=4, device="cpu",
                              init="none", quiet=True, lesion_crops=0.5)
     assert res["card"]["lesion_crops"] == 0.5 and "lesion-centred zoom, p 0.5" in res["card"]["augmentation"]
-    assert C.uses_lesion_focus(C.load_classifier(tmp_path / "l.pt", device="cpu"))
+    clf = C.load_classifier(tmp_path / "l.pt", device="cpu")
+    assert C.uses_lesion_focus(clf)
+    r = {v: T.evaluate_folders(clf, data / "COVID", data / "NonCOVID", view=v) for v in ("auto", "whole", "focus")}
+    assert r["auto"]["view"] == C.IMAGE_VIEW == "both" and r["whole"]["view"] == "whole"
+    pw, pf, pb = ([q["p_covid"] for q in r[v]["per_image"]] for v in ("whole", "focus", "auto"))
+    assert np.allclose(pb, 0.5 * (np.array(pw) + np.array(pf)), atol=2e-4)  # both = the mean of the two views
+    with pytest.raises(T.DataError, match="view"):
+        T.evaluate_folders(clf, data / "COVID", data / "NonCOVID", view="zoom")
     with pytest.raises(T.DataError, match="lesion-crops"):
         T.train_classifier(data, tmp_path / "x.pt", epochs=1, size=32, device="cpu", quiet=True, lesion_crops=2)
 
@@ -414,8 +421,14 @@ def test_study_scores_add_the_lesion_focus_view_only_for_models_trained_on_it(mo
     assert "focus" not in plain.pooling and len(sizes) == 1
     clf.card = {"lesion_crops": 0.5}
     focus = C.study_probabilities(clf, hu, lung, lesion, tta=False)
-    assert "lesion-focus view on 2 slices" in focus.pooling and sizes[1:] == [sizes[0], 2]
+    assert sizes[0] == 2  # the two lesion slices
+    assert "lesion-focus view on 2 slices" in focus.pooling and sizes[1:] == [2]  # zoomed views replace them
     assert abs(sum(focus.probabilities.values()) - 1.0) < 1e-6
+    assert focus.slice_scores != plain.slice_scores
+    _, _, clean = _phantom(n=12, size=64)
+    sizes.clear()
+    none = C.study_probabilities(clf, hu, lung, clean, tta=False)  # no lesion: whole slices as before
+    assert "focus" not in none.pooling and len(sizes) == 1 and sizes[0] == len(none.slice_scores) > 0
     # an ensemble uses the view only when every member learned it
     clf.card = {"members": [{"lesion_crops": 0.5}, {"lesion_crops": 0.0}]}
     assert not C.uses_lesion_focus(clf)

@@ -15,6 +15,9 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--model", default=None, help="shipped classifier name or a .pt file (default: the shipped one)")
     e.add_argument("--device", default="auto")
     e.add_argument("--no-tta", action="store_true", help="no left-right flip averaging")
+    e.add_argument("--view", choices=("auto", "whole", "focus", "both"), default="auto",
+                   help="whole image, the view zoomed on its largest segmented lesion, or their mean; auto: "
+                        "'both' for a model trained with --lesion-crops, else 'whole'")
     e.add_argument("--json", action="store_true", help="print one JSON object (with per_image)")
 
 
@@ -28,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ctscreen.inference.train_classifier import evaluate_folders
 
     clf = load_classifier(args.model, device=args.device)
-    res = evaluate_folders(clf, Path(args.covid), Path(args.non_covid), tta=not args.no_tta)
+    res = evaluate_folders(clf, Path(args.covid), Path(args.non_covid), tta=not args.no_tta, view=args.view)
     for s in res["skipped"]:
         print(f"skipped: {s}", file=sys.stderr)
     if args.json:
@@ -36,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     ci = res["ci95"]
     print(f"model: {res['model']} ({res['model_version']})")
-    print(f"images: {res['images']} ({res['covid_images']} COVID, {res['non_covid_images']} non-COVID)")
+    print(f"images: {res['images']} ({res['covid_images']} COVID, {res['non_covid_images']} non-COVID), "
+          f"view: {res['view']}")
     print(f"accuracy: {res['accuracy']:.4f}  (95% CI {ci['accuracy'][0]:.3f}-{ci['accuracy'][1]:.3f}, threshold 0.5)")
     print(f"F1 (COVID): {res['f1']:.4f}  (95% CI {ci['f1'][0]:.3f}-{ci['f1'][1]:.3f})")
     print(f"ROC AUC: {res['auc']:.4f}  (95% CI {ci['auc'][0]:.3f}-{ci['auc'][1]:.3f})")

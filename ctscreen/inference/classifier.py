@@ -381,6 +381,10 @@ def hu_slices_to_input(hu_slices: np.ndarray, size: int, box: tuple[int, int, in
     return out
 
 
+#: How a model trained with lesion crops scores a single image (``evaluate-classifier``):
+#: ``both`` = the mean of the whole image and its lesion-focus view. Study slices are scored
+#: by the lesion-focus view alone wherever the slice has a lesion (see :func:`study_probabilities`).
+IMAGE_VIEW = "both"
 #: Side of the lesion-focus view as a share of the thorax box's shorter side (the middle of the
 #: training range, :data:`ctscreen.inference.train_classifier.LESION_CROP_SIDE`).
 FOCUS_SIDE = 0.45
@@ -425,7 +429,7 @@ def lesion_focus_inputs(hu_slices: np.ndarray, lesion_slices: np.ndarray, size: 
 
 def uses_lesion_focus(clf: "LoadedClassifier") -> bool:
     """Whether the model learned lesion-focus views (``train-classifier --lesion-crops``; an
-    ensemble only when every member did), so study scores average them with the whole slice."""
+    ensemble only when every member did), so study scores use them for the lesion slices."""
     card = clf.card or {}
     members = card.get("members")
     if members:
@@ -563,20 +567,21 @@ def study_probabilities(clf: LoadedClassifier, volume: Any, lung: np.ndarray, le
     if box is None:
         box = thorax_box(hu)
     idx = choose_slices(lung, lesion)
-    probs = predict_batches(clf, hu_slices_to_input(hu[idx], clf.input_size, box), tta=tta) if idx else \
-        np.zeros((0, len(clf.classes)), np.float32)
-    focus = 0
-    if idx and uses_lesion_focus(clf):  # second view: zoomed on the slice's largest lesion piece
+    probs = np.zeros((len(idx), len(clf.classes)), np.float32)
+    keep: list[int] = []
+    if idx and uses_lesion_focus(clf):  # lesion slices: the view zoomed on their largest lesion piece
         xf, keep = lesion_focus_inputs(hu[idx], (lesion[idx] > 0) & (lung[idx] > 0), clf.input_size, box)
         if keep:
-            pf = predict_batches(clf, xf, tta=tta)
-            probs[keep] = 0.5 * (probs[keep] + pf)
-            focus = len(keep)
+            probs[keep] = predict_batches(clf, xf, tta=tta)
+    focus = len(keep)
+    rest = [j for j in range(len(idx)) if j not in set(keep)]
+    if rest:  # the whole slice (thorax crop)
+        probs[rest] = predict_batches(clf, hu_slices_to_input(hu[[idx[j] for j in rest]], clf.input_size, box), tta=tta)
     les_px = (lesion[idx] > 0).reshape(len(idx), -1).sum(axis=1).astype(np.float64) if idx else np.zeros(0)
     pos = clf.positive_index
     if les_px.sum() >= MIN_LESION_PIXELS:
         w = les_px / les_px.sum()  # attention over lesion slices: weight = lesion area
-        pooling = "lesion-area attention" + (f" (whole slice + lesion-focus view on {focus} slices)" if focus else "")
+        pooling = "lesion-area attention" + (f" (lesion-focus view on {focus} slices)" if focus else "")
     else:  # no lesion: mean of the top-k slices by P(COVID)
         k = max(1, min(5, len(idx)))
         w = np.zeros(len(idx))

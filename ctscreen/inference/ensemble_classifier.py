@@ -145,8 +145,10 @@ def build_ensemble(members: list[Path], out: Path, val_covid: Path | None = None
             r1 = evaluate_folders(loaded, Path(val_covid), Path(val_non_covid), tta=False)
             card["validation_no_tta"] = {k: r1[k] for k in ("accuracy", "f1", "auc", "ci95")} | {"n": r1["images"]}
         card["validation_protocol"] = (
-            f"{Path(val_covid).parent.name}/{{{Path(val_covid).name},{Path(val_non_covid).name}}}: whole image "
-            f"resized to {size} px{', left-right flip TTA' if tta else ''}, threshold 0.5; 95 % CIs: 2000 "
+            f"{Path(val_covid).parent.name}/{{{Path(val_covid).name},{Path(val_non_covid).name}}}: "
+            + ("whole image" if res["view"] == "whole" else "mean of the whole image and its lesion-focus view"
+               if res["view"] == "both" else "lesion-focus view")
+            + f" resized to {size} px{', left-right flip TTA' if tta else ''}, threshold 0.5; 95 % CIs: 2000 "
             "stratified bootstrap resamples. Float16 weights as shipped. Each member chose its epoch on this "
             "same validation set, so these figures are optimistic; a held-out test split is the unbiased measure.")
         for m, b, c in zip(members, blobs, cards):

@@ -340,11 +340,11 @@ LESION_CROP_AUGMENTATION = ("lesion-centred zoom, p {p}: a square crop of {lo:.0
 
 
 def lesion_masks(images: list[np.ndarray], device: str | torch.device = "cpu",
-                 progress: ProgressBar | None = None) -> list[np.ndarray]:
+                 progress: ProgressBar | None = None, full_size: bool = False) -> list[np.ndarray]:
     """The shipped segmentation's lesion mask of each [0, 1] training image, as a
     ``LESION_MASK_SIDE``-square bool array stretched over the image (what :func:`augment`
-    centres its lesion crops on). Images go through the same 8-bit path as
-    ``ctscreen evaluate``; one view (no flip TTA)."""
+    centres its lesion crops on), or at the image's own size (``full_size``). Images go
+    through the same 8-bit path as ``ctscreen evaluate``; one view (no flip TTA)."""
     import cv2
 
     from ctscreen.inference.models import load_model
@@ -359,7 +359,11 @@ def lesion_masks(images: list[np.ndarray], device: str | torch.device = "cpu",
         probs = predict_tensor(model, x.to(model.device), tta=1).cpu().numpy()
         for pr in probs:
             lab = (labels_from_probs(pr) > 0).astype(np.uint8)
-            out.append(cv2.resize(lab, (LESION_MASK_SIDE, LESION_MASK_SIDE), interpolation=cv2.INTER_AREA) > 0)
+            if full_size:
+                h, w = chunk[len(out) - i].shape
+                out.append(cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST) > 0)
+            else:
+                out.append(cv2.resize(lab, (LESION_MASK_SIDE, LESION_MASK_SIDE), interpolation=cv2.INTER_AREA) > 0)
         if progress:
             progress.update("lesion masks", min(1.0, (i + 16) / max(1, len(images))))
     return out
@@ -847,8 +851,24 @@ def write_card(out: Path, card: dict[str, Any], force: bool = True) -> None:
 
 # ---------------------------------------------------------------- evaluation
 
-def evaluate_folders(clf: C.LoadedClassifier, covid: Path, non_covid: Path, tta: bool = True) -> dict[str, Any]:
-    """Score every image of two folders with a loaded classifier."""
+#: How :func:`evaluate_folders` scores an image: the whole image, the lesion-focus view, or both averaged.
+VIEWS = ("whole", "focus", "both")
+
+
+def evaluate_folders(clf: C.LoadedClassifier, covid: Path, non_covid: Path, tta: bool = True,
+                     view: str = "auto") -> dict[str, Any]:
+    """Score every image of two folders with a loaded classifier.
+
+    ``view``: ``whole`` (the image resized), ``focus`` (the view zoomed on the largest lesion
+    piece the shipped segmentation finds in it, :func:`ctscreen.inference.classifier.focus_box`;
+    the whole image when it finds none), ``both`` (their mean) or ``auto``:
+    :data:`ctscreen.inference.classifier.IMAGE_VIEW` for a model trained with lesion crops
+    (:func:`ctscreen.inference.classifier.uses_lesion_focus`), else ``whole``.
+    """
+    if view == "auto":
+        view = C.IMAGE_VIEW if C.uses_lesion_focus(clf) else "whole"
+    if view not in VIEWS:
+        raise DataError(f"view must be one of {', '.join(VIEWS)} or auto, not {view!r}")
     files, labels = [], []
     for folder, lab in ((Path(covid), 1), (Path(non_covid), 0)):
         if not folder.is_dir():
@@ -858,22 +878,32 @@ def evaluate_folders(clf: C.LoadedClassifier, covid: Path, non_covid: Path, tta:
             raise DataError(f"{folder}: no .png/.jpg images in this folder")
         files += fs
         labels += [lab] * len(fs)
-    imgs, ok_files, ok_labels, skipped = [], [], [], []
+    raw, ok_files, ok_labels, skipped = [], [], [], []
     for f, lab in zip(files, labels):
         try:
-            imgs.append(C.unit_to_input(C.read_gray_image(f), clf.input_size)[None])
+            raw.append(C.read_gray_image(f))
             ok_files.append(f)
             ok_labels.append(lab)
         except ValueError as exc:
             skipped.append(str(exc))
-    x = np.stack(imgs).astype(np.float32)
-    probs = C.predict_batches(clf, x, batch_size=32, tta=tta)
+    size = clf.input_size
+    probs = None
+    if view in ("whole", "both"):
+        x = np.stack([C.unit_to_input(im, size)[None] for im in raw]).astype(np.float32)
+        probs = C.predict_batches(clf, x, batch_size=32, tta=tta)
+    if view in ("focus", "both"):
+        focus = []
+        for im, m in zip(raw, lesion_masks(raw, clf.device, full_size=True)):
+            fb = C.focus_box(m, (0, im.shape[0], 0, im.shape[1]))
+            focus.append(C.unit_to_input(im if fb is None else im[fb[0]:fb[1], fb[2]:fb[3]], size)[None])
+        pf = C.predict_batches(clf, np.stack(focus).astype(np.float32), batch_size=32, tta=tta)
+        probs = pf if probs is None else 0.5 * (probs + pf)
     pos = clf.positive_index
     p = probs[:, pos]
     y = np.asarray(ok_labels, bool)
     m = binary_metrics(y, p)
     m["ci95"] = bootstrap_ci(y, p)
     return {"model": clf.name, "model_version": clf.version, "images": int(len(y)), "covid_images": int(y.sum()),
-            "non_covid_images": int((~y).sum()), **m, "threshold": 0.5, "skipped": skipped,
+            "non_covid_images": int((~y).sum()), **m, "threshold": 0.5, "view": view, "skipped": skipped,
             "per_image": [{"file": f.name, "folder": "covid" if lab else "non_covid", "p_covid": round(float(q), 4)}
                           for f, lab, q in zip(ok_files, ok_labels, p)], "notice": RESEARCH_NOTICE}
