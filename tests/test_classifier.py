@@ -434,3 +434,17 @@ def test_study_scores_add_the_lesion_focus_view_only_for_models_trained_on_it(mo
     assert not C.uses_lesion_focus(clf)
     clf.card = {"members": [{"lesion_crops": 0.5}, {"lesion_crops": 0.3}]}
     assert C.uses_lesion_focus(clf)
+
+
+def test_classifier_cam_of_a_lesion_focus_model_shows_the_view_the_score_used():
+    hu, lung, lesion = _phantom(n=12, size=64, lesion_slices=(5,), lesion_px=36)
+    clf = _tiny()
+    whole = C.classifier_cam(clf, hu[5], lesion_slice=lesion[5])  # not a focus model: the whole crop
+    clf.card = {"lesion_crops": 0.5}
+    focus = C.classifier_cam(clf, hu[5], lesion_slice=lesion[5])
+    y0, y1, x0, x1 = C.focus_box(lesion[5], C.thorax_box(hu[5]))
+    outside = np.ones(focus.shape, bool)
+    outside[y0:y1, x0:x1] = False
+    assert focus.max() == pytest.approx(1.0) and not focus[outside].any()  # only inside the lesion view
+    assert whole[outside].any()
+    assert np.array_equal(C.classifier_cam(clf, hu[5]), C.classifier_cam(clf, hu[5], lesion_slice=np.zeros_like(lesion[5])))

@@ -617,19 +617,28 @@ def study_probabilities(clf: LoadedClassifier, volume: Any, lung: np.ndarray, le
 
 def classifier_cam(clf: LoadedClassifier, hu_slice: np.ndarray, lung_slice: np.ndarray | None = None,
                    target: str | None = None, layer: str | None = None,
-                   box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+                   box: tuple[int, int, int, int] | None = None,
+                   lesion_slice: np.ndarray | None = None) -> np.ndarray:
     """Grad-CAM (Selvaraju et al. 2017) of the classifier for one HU slice -> ``(H, W)`` float32 in [0, 1].
 
     Target is the logit of ``target`` (default the COVID-19 class); the map is taken at the
     bottleneck (``layer``, see :meth:`SliceClassifier.cam_layers`), resized back into the
     thorax crop (zero outside) and divided by its maximum. ``lung_slice``, when given,
     zeroes the map outside the dilated lung (the classifier is meant to look at the lung).
+    ``lesion_slice``, for a model that scores lesion slices by their lesion-focus view
+    (:func:`uses_lesion_focus`): the map is of that view - the input the study score used -
+    placed in its square (zero outside it).
     """
     import cv2
 
     hu_slice = np.asarray(hu_slice)
     if box is None:
         box = thorax_box(hu_slice)
+    if lesion_slice is not None and uses_lesion_focus(clf):
+        les = np.asarray(lesion_slice) > 0
+        if lung_slice is not None:
+            les &= np.asarray(lung_slice) > 0
+        box = focus_box(les, box) or box
     x = torch.from_numpy(hu_slices_to_input(hu_slice[None], clf.input_size, box)).to(clf.device)
     modules = cam_modules(clf.net, layer)
     store: list[torch.Tensor] = []

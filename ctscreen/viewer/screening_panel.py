@@ -147,8 +147,10 @@ def compute_classifier_cam(job: ClassifierCamJob, cancel: threading.Event
     r = job.result
     box = tuple(int(v) for v in getattr(r, "thorax_box", ()) or ())
     with lock:
+        lesion = getattr(r, "lesion", None)
         cam = classifier_cam(clf, np.asarray(r.volume.hu[job.index]), np.asarray(r.lung[job.index]),
-                             box=box if len(box) == 4 else None)
+                             box=box if len(box) == 4 else None,
+                             lesion_slice=np.asarray(lesion[job.index]) if lesion is not None else None)
     return job, np.ascontiguousarray(cam, dtype=np.float16)
 
 
