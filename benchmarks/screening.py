@@ -71,7 +71,7 @@ def validation(path: str | None) -> dict:
     res = evaluate_folders(clf, UCSD / "val" / "COVID", UCSD / "val" / "NonCOVID")
     card = clf.card
     return {"model": clf.name, "version": clf.version, "head": card.get("head"), "init": card.get("init"),
-            "input_size": clf.input_size,
+            "input_size": clf.input_size, "view": res["view"],
             "epochs": card.get("recipe", {}).get("epochs_run"), "best_epoch": card.get("recipe", {}).get("best_epoch"),
             **_figures(res)}
 

@@ -94,7 +94,7 @@ def test_study_probabilities_follow_the_lesion_burden_and_sum_to_one():
 def test_three_class_model_keeps_its_classes_and_agrees_with_the_burden():
     clf = _tiny(classes=("covid19", "influenza_a", "no_pneumonia"))
     hu, lung, lesion = _phantom(lesion_slices=(5,), lesion_px=400)
-    s = C.study_probabilities(clf, hu, lung, lesion, None)
+    s = C.study_probabilities(clf, hu, lung, lesion, None, focus=False)  # the whole-slice scores below
     assert sum(s.probabilities.values()) == pytest.approx(1.0)
     pooled = C.slice_probabilities(clf, hu[[5]])[0]
     assert s.probabilities["no_pneumonia"] == pytest.approx(0.5 * (pooled[2] + 1 - s.p_pneumonia_burden), abs=1e-4)
@@ -391,7 +391,7 @@ def test_lesion_crops_zoom_onto_the_segmented_lesion_and_are_recorded(tmp_path):
                              init="none", quiet=True, lesion_crops=0.5)
     assert res["card"]["lesion_crops"] == 0.5 and "lesion-centred zoom, p 0.5" in res["card"]["augmentation"]
     clf = C.load_classifier(tmp_path / "l.pt", device="cpu")
-    assert C.uses_lesion_focus(clf)
+    assert C.learned_lesion_crops(clf)
     r = {v: T.evaluate_folders(clf, data / "COVID", data / "NonCOVID", view=v) for v in ("auto", "whole", "focus")}
     assert r["auto"]["view"] == C.IMAGE_VIEW == "both" and r["whole"]["view"] == "whole"
     pw, pf, pb = ([q["p_covid"] for q in r[v]["per_image"]] for v in ("whole", "focus", "auto"))
@@ -402,7 +402,7 @@ def test_lesion_crops_zoom_onto_the_segmented_lesion_and_are_recorded(tmp_path):
         T.train_classifier(data, tmp_path / "x.pt", epochs=1, size=32, device="cpu", quiet=True, lesion_crops=2)
 
 
-def test_study_scores_add_the_lesion_focus_view_only_for_models_trained_on_it(monkeypatch):
+def test_study_scores_take_the_lesion_focus_view_of_lesion_slices(monkeypatch):
     hu, lung, lesion = _phantom(n=12, size=64, lesion_slices=(5, 6), lesion_px=36)
     fb = C.focus_box(lesion[5], (8, 56, 6, 58))
     assert fb is not None
@@ -417,10 +417,9 @@ def test_study_scores_add_the_lesion_focus_view_only_for_models_trained_on_it(mo
     real = C.predict_batches
     monkeypatch.setattr(C, "predict_batches", lambda c, x, batch_size=16, tta=False: sizes.append(len(x)) or
                         real(c, x, batch_size, tta))
-    plain = C.study_probabilities(clf, hu, lung, lesion, tta=False)
+    plain = C.study_probabilities(clf, hu, lung, lesion, tta=False, focus=False)
     assert "focus" not in plain.pooling and len(sizes) == 1
-    clf.card = {"lesion_crops": 0.5}
-    focus = C.study_probabilities(clf, hu, lung, lesion, tta=False)
+    focus = C.study_probabilities(clf, hu, lung, lesion, tta=False)  # the default, for every model
     assert sizes[0] == 2  # the two lesion slices
     assert "lesion-focus view on 2 slices" in focus.pooling and sizes[1:] == [2]  # zoomed views replace them
     assert abs(sum(focus.probabilities.values()) - 1.0) < 1e-6
@@ -429,18 +428,17 @@ def test_study_scores_add_the_lesion_focus_view_only_for_models_trained_on_it(mo
     sizes.clear()
     none = C.study_probabilities(clf, hu, lung, clean, tta=False)  # no lesion: whole slices as before
     assert "focus" not in none.pooling and len(sizes) == 1 and sizes[0] == len(none.slice_scores) > 0
-    # an ensemble uses the view only when every member learned it
+    # an ensemble counts as trained on lesion crops (images scored by both views) only when every member was
     clf.card = {"members": [{"lesion_crops": 0.5}, {"lesion_crops": 0.0}]}
-    assert not C.uses_lesion_focus(clf)
+    assert not C.learned_lesion_crops(clf)
     clf.card = {"members": [{"lesion_crops": 0.5}, {"lesion_crops": 0.3}]}
-    assert C.uses_lesion_focus(clf)
+    assert C.learned_lesion_crops(clf)
 
 
-def test_classifier_cam_of_a_lesion_focus_model_shows_the_view_the_score_used():
+def test_classifier_cam_of_a_lesion_slice_shows_the_view_the_score_used():
     hu, lung, lesion = _phantom(n=12, size=64, lesion_slices=(5,), lesion_px=36)
     clf = _tiny()
-    whole = C.classifier_cam(clf, hu[5], lesion_slice=lesion[5])  # not a focus model: the whole crop
-    clf.card = {"lesion_crops": 0.5}
+    whole = C.classifier_cam(clf, hu[5])  # no lesion mask given: the whole thorax crop
     focus = C.classifier_cam(clf, hu[5], lesion_slice=lesion[5])
     y0, y1, x0, x1 = C.focus_box(lesion[5], C.thorax_box(hu[5]))
     outside = np.ones(focus.shape, bool)

@@ -14,7 +14,9 @@ Design (the thesis' plan, issue 8):
   lung-window image / 255 in training and evaluation; then a resize to the
   classifier's input size (192 px for the shipped model).
 * **Study level** (:func:`study_probabilities`): only lung-containing slices
-  are scored (at most :data:`MAX_STUDY_SLICES`, lesion slices first), and the
+  are scored (at most :data:`MAX_STUDY_SLICES`, lesion slices first), a lesion
+  slice by its *lesion-focus view* (:func:`focus_box`: a square round the
+  slice's largest lesion piece, the way a paper figure frames a finding), and the
   slice scores are pooled with attention over the lesion slices (weights =
   lesion area of the slice, in the spirit of Xu et al. 2020's location
   attention), falling back to the mean of the top-k slice scores when the
@@ -382,8 +384,9 @@ def hu_slices_to_input(hu_slices: np.ndarray, size: int, box: tuple[int, int, in
 
 
 #: How a model trained with lesion crops scores a single image (``evaluate-classifier``):
-#: ``both`` = the mean of the whole image and its lesion-focus view. Study slices are scored
-#: by the lesion-focus view alone wherever the slice has a lesion (see :func:`study_probabilities`).
+#: ``both`` = the mean of the whole image and its lesion-focus view (other models: the whole
+#: image). Study slices are scored by the lesion-focus view alone wherever the slice has a
+#: lesion, whatever the model (see :func:`study_probabilities`).
 IMAGE_VIEW = "both"
 #: Side of the lesion-focus view as a share of the thorax box's shorter side (the middle of the
 #: training range, :data:`ctscreen.inference.train_classifier.LESION_CROP_SIDE`).
@@ -427,9 +430,9 @@ def lesion_focus_inputs(hu_slices: np.ndarray, lesion_slices: np.ndarray, size: 
     return (np.stack(xs).astype(np.float32) if xs else np.zeros((0, 1, size, size), np.float32)), keep
 
 
-def uses_lesion_focus(clf: "LoadedClassifier") -> bool:
-    """Whether the model learned lesion-focus views (``train-classifier --lesion-crops``; an
-    ensemble only when every member did), so study scores use them for the lesion slices."""
+def learned_lesion_crops(clf: "LoadedClassifier") -> bool:
+    """Whether the model was trained on lesion-focus views (``train-classifier --lesion-crops``;
+    an ensemble only when every member was), so an image is scored by both views."""
     card = clf.card or {}
     members = card.get("members")
     if members:
@@ -536,7 +539,7 @@ def _burden_percent(measurements: Any, lung: np.ndarray, lesion: np.ndarray) -> 
 
 def study_probabilities(clf: LoadedClassifier, volume: Any, lung: np.ndarray, lesion: np.ndarray,
                         measurements: Any = None, box: tuple[int, int, int, int] | None = None,
-                        tta: bool | None = None) -> StudyScore:
+                        tta: bool | None = None, focus: bool = True) -> StudyScore:
     """Pool slice scores to ``{"covid19", "other_pneumonia", "no_pneumonia"}`` (sums to 1).
 
     Parameters
@@ -555,6 +558,13 @@ def study_probabilities(clf: LoadedClassifier, volume: Any, lung: np.ndarray, le
         CPU-seconds for 40 slices). Default: on for a single network, off for an ensemble,
         whose members already average (on UCSD val the flip moved the shipped ensemble's
         AUC by less than 0.002, and it would double the ensemble's cost).
+    focus : bool
+        Score each lesion slice by its lesion-focus view (:func:`focus_box`: a square of
+        :data:`FOCUS_SIDE` of the thorax box round the slice's largest lesion piece) instead of
+        the whole slice (default). A whole 512-px slice of a mild study is mostly normal lung,
+        while UCSD's COVID-19 images are mostly figures framed on the finding. With four
+        COVID-CT-MD study left-out runs the whole-slice view pooled the unseen COVID-19 study to
+        P(COVID) 0.09-0.16, below the CAP study; the focus view to 0.53-0.82, above it (README).
     """
     import time
 
@@ -569,7 +579,7 @@ def study_probabilities(clf: LoadedClassifier, volume: Any, lung: np.ndarray, le
     idx = choose_slices(lung, lesion)
     probs = np.zeros((len(idx), len(clf.classes)), np.float32)
     keep: list[int] = []
-    if idx and uses_lesion_focus(clf):  # lesion slices: the view zoomed on their largest lesion piece
+    if idx and focus:  # lesion slices: the view zoomed on their largest lesion piece
         xf, keep = lesion_focus_inputs(hu[idx], (lesion[idx] > 0) & (lung[idx] > 0), clf.input_size, box)
         if keep:
             probs[keep] = predict_batches(clf, xf, tta=tta)
@@ -625,16 +635,16 @@ def classifier_cam(clf: LoadedClassifier, hu_slice: np.ndarray, lung_slice: np.n
     bottleneck (``layer``, see :meth:`SliceClassifier.cam_layers`), resized back into the
     thorax crop (zero outside) and divided by its maximum. ``lung_slice``, when given,
     zeroes the map outside the dilated lung (the classifier is meant to look at the lung).
-    ``lesion_slice``, for a model that scores lesion slices by their lesion-focus view
-    (:func:`uses_lesion_focus`): the map is of that view - the input the study score used -
-    placed in its square (zero outside it).
+    ``lesion_slice`` (the slice's lesion mask): the map is of the slice's lesion-focus view -
+    the input the study score used (:func:`focus_box`) - placed in its square (zero outside
+    it); without a lesion pixel, of the whole slice.
     """
     import cv2
 
     hu_slice = np.asarray(hu_slice)
     if box is None:
         box = thorax_box(hu_slice)
-    if lesion_slice is not None and uses_lesion_focus(clf):
+    if lesion_slice is not None:
         les = np.asarray(lesion_slice) > 0
         if lung_slice is not None:
             les &= np.asarray(lung_slice) > 0
