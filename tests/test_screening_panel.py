@@ -82,10 +82,11 @@ def test_panel_shows_category_criteria_probabilities_and_jumps(qtbot, result):
         assert "computing" in panel.clf_caption.text()
     assert ready.args == [40]
     assert "slice 41" in panel.clf_caption.text() and "computing" not in panel.clf_caption.text()
+    assert "lesion view (framed)" in panel.clf_caption.text()  # slice 41 has a lesion: the view the score used
     assert "decoder4" in panel.seg_caption.text() and not panel.seg_cam.pixmap().isNull()
     assert panel.cam.map_for(40) is not None
     panel.set_current_slice(3)  # no segmentation map there
-    assert "no map on this slice" in panel.seg_caption.text()
+    assert "no map on this slice" in panel.seg_caption.text() and "whole slice" in panel.clf_caption.text()
     panel.shutdown(5.0)  # as the window's shutdown hooks call it
 
 
@@ -142,3 +143,12 @@ def test_cam_picture_blends_the_map_and_crops_to_the_box():
     assert not np.all(hot[50, 60] == hot[0, 0]) and np.all(hot[0, 0] == plain[0, 0])
     cropped = cam_picture(hu, cam, box=(40, 60, 50, 70), size_px=40)
     assert cropped.shape == (40, 40, 3)
+
+
+def test_cam_picture_frames_the_lesion_view_in_white():
+    hu = np.full((100, 100), -850.0, np.float32)
+    plain = cam_picture(hu, None, size_px=100)
+    framed = cam_picture(hu, None, size_px=100, frame=(20, 60, 30, 70))
+    diff = np.any(framed != plain, axis=2)
+    assert diff[20, 30:70].all() and diff[20:60, 30].all() and not diff[40, 50] and not diff[5, 5]
+    assert (framed[20, 45] == 255).all()

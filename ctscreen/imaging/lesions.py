@@ -111,3 +111,33 @@ def lesions_of(result: Any, min_volume_ml: float | None = None) -> list[Lesion]:
     if min_volume_ml is None:
         min_volume_ml = float(getattr(result.measurements, "min_lesion_volume_ml", MIN_LESION_VOLUME_ML))
     return find_lesions(result.lesion, result.lung, result.volume, min_volume_ml)
+
+
+#: Side of the lesion-focus view as a share of the thorax box's shorter side (the middle of the
+#: lesion-crop training range, :data:`ctscreen.inference.train_classifier.LESION_CROP_SIDE`).
+FOCUS_SIDE = 0.45
+
+
+def focus_box(lesion_slice: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    """The lesion-focus crop ``(y0, y1, x0, x1)`` of one slice: a square of :data:`FOCUS_SIDE` of the
+    thorax box's shorter side (more when the lesion is larger), centred on the largest lesion piece
+    (8-connected), kept inside the thorax box; ``None`` without a lesion pixel in the box.
+
+    The view the screening classifier scores a lesion slice by
+    (:func:`ctscreen.inference.classifier.study_probabilities`); the Screening panel frames it.
+    """
+    import cv2
+
+    y0, y1, x0, x1 = box
+    m = (np.asarray(lesion_slice)[y0:y1, x0:x1] > 0).astype(np.uint8)
+    if not m.any():
+        return None
+    n, _lab, stats, cents = cv2.connectedComponentsWithStats(m, connectivity=8)
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    h, w = y1 - y0, x1 - x0
+    extent = 1.3 * max(stats[k, cv2.CC_STAT_WIDTH], stats[k, cv2.CC_STAT_HEIGHT])
+    side = int(round(min(min(h, w), max(FOCUS_SIDE * min(h, w), extent))))
+    cx, cy = cents[k]
+    a = int(np.clip(round(cy - side / 2), 0, h - side))
+    b = int(np.clip(round(cx - side / 2), 0, w - side))
+    return (y0 + a, y0 + a + side, x0 + b, x0 + b + side)

@@ -60,6 +60,7 @@ from torch import nn
 from ctscreen.errors import ModelLoadError
 from ctscreen.inference import nets
 from ctscreen.inference.device import resolve_device
+from ctscreen.imaging.lesions import FOCUS_SIDE, focus_box  # noqa: F401 - re-exported
 from ctscreen.inference.preprocess import hu_to_unit, thorax_box
 
 FORMAT = "ctscreen-classifier/1"
@@ -388,32 +389,6 @@ def hu_slices_to_input(hu_slices: np.ndarray, size: int, box: tuple[int, int, in
 #: image). Study slices are scored by the lesion-focus view alone wherever the slice has a
 #: lesion, whatever the model (see :func:`study_probabilities`).
 IMAGE_VIEW = "both"
-#: Side of the lesion-focus view as a share of the thorax box's shorter side (the middle of the
-#: training range, :data:`ctscreen.inference.train_classifier.LESION_CROP_SIDE`).
-FOCUS_SIDE = 0.45
-
-
-def focus_box(lesion_slice: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
-    """The lesion-focus crop ``(y0, y1, x0, x1)`` of one slice: a square of :data:`FOCUS_SIDE` of the
-    thorax box's shorter side (more when the lesion is larger), centred on the largest lesion piece
-    (8-connected), kept inside the thorax box; ``None`` without a lesion pixel in the box."""
-    import cv2
-
-    y0, y1, x0, x1 = box
-    m = (np.asarray(lesion_slice)[y0:y1, x0:x1] > 0).astype(np.uint8)
-    if not m.any():
-        return None
-    n, _lab, stats, cents = cv2.connectedComponentsWithStats(m, connectivity=8)
-    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    h, w = y1 - y0, x1 - x0
-    extent = 1.3 * max(stats[k, cv2.CC_STAT_WIDTH], stats[k, cv2.CC_STAT_HEIGHT])
-    side = int(round(min(min(h, w), max(FOCUS_SIDE * min(h, w), extent))))
-    cx, cy = cents[k]
-    a = int(np.clip(round(cy - side / 2), 0, h - side))
-    b = int(np.clip(round(cx - side / 2), 0, w - side))
-    return (y0 + a, y0 + a + side, x0 + b, x0 + b + side)
-
-
 def lesion_focus_inputs(hu_slices: np.ndarray, lesion_slices: np.ndarray, size: int,
                         box: tuple[int, int, int, int]) -> tuple[np.ndarray, list[int]]:
     """Zoomed views of the lesions: ``(m, 1, size, size)`` for the ``m`` slices (their indices

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QGridLayout, QHBoxLayout, QHea
 
 from ctscreen import RESEARCH_NOTICE
 from ctscreen.errors import Cancelled
+from ctscreen.imaging.lesions import focus_box
 from ctscreen.viewer.on_demand import OnDemandSlices
 
 #: Colour of each category's name (a reading aid, not an alarm).
@@ -81,9 +82,10 @@ def _to_rgb(hu_slice: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> 
 
 
 def cam_picture(hu_slice: np.ndarray, cam: np.ndarray | None, box: tuple[int, ...] = (),
-                size_px: int = THUMB_PX, opacity: float = 0.5) -> np.ndarray:
+                size_px: int = THUMB_PX, opacity: float = 0.5, frame: tuple[int, ...] | None = None) -> np.ndarray:
     """The slice in the lung window with ``cam`` (``[0, 1]``) blended in turbo colours; RGB uint8.
 
+    ``frame`` ``(y0, y1, x0, x1)``: a square outlined in white (the classifier's lesion view).
     Cropped to the thorax ``box`` ``(y0, y1, x0, x1)`` when given, then scaled to ``size_px`` wide.
     """
     rgb = _to_rgb(hu_slice)
@@ -92,6 +94,11 @@ def cam_picture(hu_slice: np.ndarray, cam: np.ndarray | None, box: tuple[int, ..
         colour = cv2.applyColorMap((c * 255).astype(np.uint8), cv2.COLORMAP_TURBO)[..., ::-1]
         alpha = (opacity * np.clip(c / 0.2, 0.0, 1.0))[..., None]  # faint activation fades out
         rgb = (rgb * (1.0 - alpha) + colour * alpha).astype(np.uint8)
+    if frame is not None and len(frame) == 4:
+        fy0, fy1, fx0, fx1 = (int(v) for v in frame)
+        t = max(1, int(round(max(rgb.shape[:2]) / 200)))
+        rgb = np.ascontiguousarray(rgb)
+        cv2.rectangle(rgb, (fx0, fy0), (fx1 - 1, fy1 - 1), (255, 255, 255), t)
     if len(box) == 4:
         y0, y1, x0, x1 = (int(v) for v in box)
         if y1 > y0 and x1 > x0:
@@ -486,8 +493,15 @@ class ScreeningPanel(QWidget):
                 self.clf_caption.setText("Classifier Grad-CAM: no classifier ran")
             return
         cm = self.cam.map_for(k)
-        self.clf_cam.setPixmap(_pixmap(cam_picture(hu, cm, box)))
+        frame = None
+        if getattr(r, "lesion", None) is not None and len(box) == 4:  # the lesion view the score used
+            les = np.asarray(r.lesion[k]) > 0
+            if getattr(r, "lung", None) is not None:
+                les &= np.asarray(r.lung[k]) > 0
+            frame = focus_box(les, tuple(int(v) for v in box))
+        self.clf_cam.setPixmap(_pixmap(cam_picture(hu, cm, box, frame=frame)))
         self.clf_caption.setText(f"Classifier Grad-CAM (COVID-19), slice {k + 1}"
+                                 + (", lesion view (framed)" if frame is not None else ", whole slice")
                                  + ("" if cm is not None else ": computing…"))
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
