@@ -75,5 +75,7 @@ def test_shipped_classifier_probabilities(tiny_model):
     assert sum(s.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
     assert s.verdict == max(s.probabilities, key=s.probabilities.get)
     assert s.model_name == clf.name and s.model_version == clf.version
+    assert s.classifier_scoring.startswith(("lesion-area attention", "top-"))  # the protocol, in the report
+    assert s.to_dict()["classifier_scoring"] == s.classifier_scoring
     assert all(0 <= k < res.volume.shape[0] for k in s.top_slices)
     assert "classifier:" in s.one_line()

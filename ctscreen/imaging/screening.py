@@ -234,6 +234,10 @@ class Screening:
         Slice indices (0-based) that contributed most to the classifier's study score.
     model_name, model_version : str
         The classifier (empty when none ran).
+    classifier_scoring : str
+        How the classifier's slice scores made the study's, e.g. ``"lesion-area attention
+        (lesion-focus view on 40 slices)"`` (empty when none ran): the same weights score a
+        study differently under another protocol, so the report says which one.
     notice : str
         :data:`ctscreen.RESEARCH_NOTICE`.
     """
@@ -247,6 +251,7 @@ class Screening:
     top_slices: tuple[int, ...] = ()
     model_name: str = ""
     model_version: str = ""
+    classifier_scoring: str = ""
     notice: str = RESEARCH_NOTICE
     #: Seconds the rules took (not in ``to_dict``; the pipeline reports it in ``timings_s``).
     seconds: float = field(default=0.0, compare=False)
@@ -274,6 +279,7 @@ class Screening:
             "top_slice_numbers": [int(k) + 1 for k in self.top_slices],
             "model_name": self.model_name,
             "model_version": self.model_version,
+            "classifier_scoring": self.classifier_scoring,
             "notice": self.notice,
         }
 
@@ -838,10 +844,11 @@ def assess_result(result: Any) -> Screening:
 
 
 def with_classifier(screening: Screening, probabilities: dict[str, float], top_slices: Any = (),
-                    model_name: str = "", model_version: str = "") -> Screening:
-    """The same screening with the classifier's study probabilities (and its verdict) added."""
+                    model_name: str = "", model_version: str = "", scoring: str = "") -> Screening:
+    """The same screening with the classifier's study probabilities (and its verdict) added;
+    ``scoring`` says how its slice scores were pooled (``Screening.classifier_scoring``)."""
     probs = {str(k): float(v) for k, v in dict(probabilities).items()}
     verdict = max(probs, key=probs.get) if probs else ""
     return replace(screening, probabilities=probs, verdict=verdict,
                    top_slices=tuple(int(k) for k in top_slices), model_name=str(model_name),
-                   model_version=str(model_version))
+                   model_version=str(model_version), classifier_scoring=str(scoring))

@@ -383,7 +383,8 @@ def _screening(volume: Volume, lung: np.ndarray, lesion: np.ndarray, measurement
         msg = " ".join(str(exc).split())
         warnings.append(f"No classifier probabilities ({msg}); the screening verdict has the RSNA category only.")
         return screening
-    return with_classifier(screening, score.probabilities, score.top_slices, score.model_name, score.model_version)
+    return with_classifier(screening, score.probabilities, score.top_slices, score.model_name, score.model_version,
+                           scoring=score.pooling)
 
 
 def cam_slice_indices(lesion: np.ndarray, which: str) -> list[int]:

@@ -21,7 +21,7 @@ from ctscreen import RESEARCH_NOTICE, __version__
 from ctscreen.io.files import atomic_write
 
 #: Bump the major part on incompatible changes, the minor part on additions.
-REPORT_SCHEMA_VERSION = "1.2"
+REPORT_SCHEMA_VERSION = "1.3"
 
 #: Per-slice fields, in this order, in ``report.json`` ``slices[]`` and ``report.csv``.
 SLICE_FIELDS = (

@@ -424,8 +424,9 @@ class ScreeningPanel(QWidget):
             self.prob_note.setText("")
         elif probs:
             model = escape(f"{s.model_name} {s.model_version}".strip())
-            self.prob_note.setText(f"<small>Classifier {model}: study probabilities (slice scores pooled over "
-                                   "the lesion slices; 'no pneumonia' follows the lesion burden).</small>")
+            self.prob_note.setText(f"<small>Classifier {model}: study probabilities (each lesion slice scored "
+                                   "by a view framed on its largest lesion, pooled over the lesion slices; "
+                                   "'no pneumonia' follows the lesion burden).</small>")
         else:
             reason = next((w for w in getattr(result, "warnings", ()) if "classifier" in w.lower()), "")
             self.prob_note.setText("<small>No classifier probabilities"
