@@ -16,9 +16,14 @@ both, for each classifier file given, in one run:
   normal001, and Lung-PET-CT-Dx A0002 (lung cancer, not pneumonia), each analysed once with
   the shipped segmentation (``--cache DIR`` keeps the masks).
 
+* ``side_sensitivity`` (with ``--sides``): the focus-view study P(COVID) at other view sizes
+  (share of the thorax box's shorter side; the app uses 0.45, set before any of these runs),
+  to show whether a conclusion hangs on that one number.
+
 Usage::
 
     python benchmarks/study_views.py MODEL.pt [MODEL.pt ...] [--cache DIR] [--no-val] [--threads N]
+                                     [--sides 0.3,0.6]
 
 ``MODEL`` may be ``shipped`` (the shipped classifier). Prints one JSON object.
 """
@@ -85,6 +90,7 @@ def main() -> int:
     ap.add_argument("--cache", default=None, help="keep/reuse the studies' analysed masks here")
     ap.add_argument("--no-val", action="store_true", help="skip the UCSD val figures")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sides", default="", help="comma-separated other focus-view sizes to report, e.g. 0.3,0.6")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cache = Path(args.cache) if args.cache else None
@@ -112,6 +118,11 @@ def main() -> int:
                 "focus_minus_whole": round(p[True].p_covid_pooled - p[False].p_covid_pooled, 4),
                 "probabilities_focus": {k: round(v, 4) for k, v in p[True].probabilities.items()},
                 "verdict_whole": p[False].verdict, "verdict_focus": p[True].verdict}
+            sides = [float(x) for x in args.sides.split(",") if x.strip()]
+            if sides:
+                row["studies"][name]["side_sensitivity"] = {
+                    f"{x:g}": round(C.study_probabilities(clf, vol, lung, lesion, None, box=box,
+                                                          focus_side=x).p_covid_pooled, 4) for x in sides}
         out["models"].append(row)
     print(json.dumps(out, indent=1))
     return 0

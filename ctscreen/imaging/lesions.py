@@ -118,10 +118,12 @@ def lesions_of(result: Any, min_volume_ml: float | None = None) -> list[Lesion]:
 FOCUS_SIDE = 0.45
 
 
-def focus_box(lesion_slice: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
-    """The lesion-focus crop ``(y0, y1, x0, x1)`` of one slice: a square of :data:`FOCUS_SIDE` of the
-    thorax box's shorter side (more when the lesion is larger), centred on the largest lesion piece
-    (8-connected), kept inside the thorax box; ``None`` without a lesion pixel in the box.
+def focus_box(lesion_slice: np.ndarray, box: tuple[int, int, int, int],
+              side: float | None = None) -> tuple[int, int, int, int] | None:
+    """The lesion-focus crop ``(y0, y1, x0, x1)`` of one slice: a square of ``side`` (default
+    :data:`FOCUS_SIDE`) of the thorax box's shorter side (more when the lesion is larger), centred
+    on the largest lesion piece (8-connected), kept inside the thorax box; ``None`` without a
+    lesion pixel in the box.
 
     The view the screening classifier scores a lesion slice by
     (:func:`ctscreen.inference.classifier.study_probabilities`); the Screening panel frames it.
@@ -136,8 +138,9 @@ def focus_box(lesion_slice: np.ndarray, box: tuple[int, int, int, int]) -> tuple
     k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     h, w = y1 - y0, x1 - x0
     extent = 1.3 * max(stats[k, cv2.CC_STAT_WIDTH], stats[k, cv2.CC_STAT_HEIGHT])
-    side = int(round(min(min(h, w), max(FOCUS_SIDE * min(h, w), extent))))
+    share = FOCUS_SIDE if side is None else float(side)
+    n_px = int(round(min(min(h, w), max(share * min(h, w), extent))))
     cx, cy = cents[k]
-    a = int(np.clip(round(cy - side / 2), 0, h - side))
-    b = int(np.clip(round(cx - side / 2), 0, w - side))
-    return (y0 + a, y0 + a + side, x0 + b, x0 + b + side)
+    a = int(np.clip(round(cy - n_px / 2), 0, h - n_px))
+    b = int(np.clip(round(cx - n_px / 2), 0, w - n_px))
+    return (y0 + a, y0 + a + n_px, x0 + b, x0 + b + n_px)

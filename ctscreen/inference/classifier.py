@@ -390,13 +390,13 @@ def hu_slices_to_input(hu_slices: np.ndarray, size: int, box: tuple[int, int, in
 #: lesion, whatever the model (see :func:`study_probabilities`).
 IMAGE_VIEW = "both"
 def lesion_focus_inputs(hu_slices: np.ndarray, lesion_slices: np.ndarray, size: int,
-                        box: tuple[int, int, int, int]) -> tuple[np.ndarray, list[int]]:
+                        box: tuple[int, int, int, int], side: float | None = None) -> tuple[np.ndarray, list[int]]:
     """Zoomed views of the lesions: ``(m, 1, size, size)`` for the ``m`` slices (their indices
     returned) that hold a lesion inside ``box`` - the view a model trained with
     ``--lesion-crops`` also learned from."""
     xs, keep = [], []
     for i, (s, les) in enumerate(zip(hu_slices, lesion_slices)):
-        fb = focus_box(les, box)
+        fb = focus_box(les, box, side)
         if fb is None:
             continue
         a0, a1, b0, b1 = fb
@@ -514,7 +514,7 @@ def _burden_percent(measurements: Any, lung: np.ndarray, lesion: np.ndarray) -> 
 
 def study_probabilities(clf: LoadedClassifier, volume: Any, lung: np.ndarray, lesion: np.ndarray,
                         measurements: Any = None, box: tuple[int, int, int, int] | None = None,
-                        tta: bool | None = None, focus: bool = True) -> StudyScore:
+                        tta: bool | None = None, focus: bool = True, focus_side: float | None = None) -> StudyScore:
     """Pool slice scores to ``{"covid19", "other_pneumonia", "no_pneumonia"}`` (sums to 1).
 
     Parameters
@@ -541,6 +541,9 @@ def study_probabilities(clf: LoadedClassifier, volume: Any, lung: np.ndarray, le
         with the COVID-19 study P001 left out, the whole-slice view pooled it to P(COVID)
         0.09-0.16 (below the CAP study where that was left out too), the focus view to
         0.53-0.82, first of the studies in every run (``benchmarks/study_views.py``, README).
+    focus_side : float, optional
+        The view's side as a share of the thorax box's shorter side (default
+        :data:`FOCUS_SIDE`; for sensitivity checks).
     """
     import time
 
@@ -556,7 +559,8 @@ def study_probabilities(clf: LoadedClassifier, volume: Any, lung: np.ndarray, le
     probs = np.zeros((len(idx), len(clf.classes)), np.float32)
     keep: list[int] = []
     if idx and focus:  # lesion slices: the view zoomed on their largest lesion piece
-        xf, keep = lesion_focus_inputs(hu[idx], (lesion[idx] > 0) & (lung[idx] > 0), clf.input_size, box)
+        xf, keep = lesion_focus_inputs(hu[idx], (lesion[idx] > 0) & (lung[idx] > 0), clf.input_size, box,
+                                       focus_side)
         if keep:
             probs[keep] = predict_batches(clf, xf, tta=tta)
     focus = len(keep)
