@@ -1,8 +1,8 @@
 """Whole slice vs lesion-focus view: how classifiers score images and studies (issue 8).
 
 The screening classifier can score a slice by the whole thorax crop or by its
-*lesion-focus view* (:func:`ctscreen.imaging.lesions.focus_box`: a square of 0.45 x the
-thorax box's shorter side round the slice's largest lesion piece). This benchmark measures
+*lesion-focus view* (:func:`ctscreen.imaging.lesions.focus_box`: a square of
+``FOCUS_SIDE`` (0.6) x the thorax box's shorter side round the slice's largest lesion piece). This benchmark measures
 both, for each classifier file given, in one run:
 
 * ``ucsd_val``: ROC AUC and accuracy (threshold 0.5) on ``covid-ct-ucsd/val`` (60 COVID /
@@ -17,13 +17,13 @@ both, for each classifier file given, in one run:
   the shipped segmentation (``--cache DIR`` keeps the masks).
 
 * ``side_sensitivity`` (with ``--sides``): the focus-view study P(COVID) at other view sizes
-  (share of the thorax box's shorter side; the app uses 0.45, set before any of these runs),
-  to show whether a conclusion hangs on that one number.
+  (share of the thorax box's shorter side; the app uses 0.6, chosen over the a-priori 0.45 with
+  this check), to show whether a conclusion hangs on that one number.
 
 Usage::
 
     python benchmarks/study_views.py MODEL.pt [MODEL.pt ...] [--cache DIR] [--no-val] [--threads N]
-                                     [--sides 0.3,0.6]
+                                     [--sides 0.3,0.45]
 
 ``MODEL`` may be ``shipped`` (the shipped classifier). Prints one JSON object.
 """
@@ -90,7 +90,7 @@ def main() -> int:
     ap.add_argument("--cache", default=None, help="keep/reuse the studies' analysed masks here")
     ap.add_argument("--no-val", action="store_true", help="skip the UCSD val figures")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--sides", default="", help="comma-separated other focus-view sizes to report, e.g. 0.3,0.6")
+    ap.add_argument("--sides", default="", help="comma-separated other focus-view sizes to report, e.g. 0.3,0.45")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cache = Path(args.cache) if args.cache else None

@@ -407,7 +407,7 @@ def test_study_scores_take_the_lesion_focus_view_of_lesion_slices(monkeypatch):
     fb = C.focus_box(lesion[5], (8, 56, 6, 58))
     assert fb is not None
     y0, y1, x0, x1 = fb
-    assert y1 - y0 == x1 - x0 == round(0.45 * 48)  # FOCUS_SIDE of the shorter box side
+    assert y1 - y0 == x1 - x0 == round(C.FOCUS_SIDE * 48) == round(0.6 * 48)  # of the shorter box side
     assert y0 <= 23 <= y1 and x0 <= 15 <= x1 and 8 <= y0 and y1 <= 56 and 6 <= x0 and x1 <= 58
     assert C.focus_box(np.zeros((64, 64)), (8, 56, 6, 58)) is None
     x, keep = C.lesion_focus_inputs(hu[4:8], lesion[4:8], 32, (8, 56, 6, 58))

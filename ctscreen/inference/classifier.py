@@ -537,10 +537,10 @@ def study_probabilities(clf: LoadedClassifier, volume: Any, lung: np.ndarray, le
         Score each lesion slice by its lesion-focus view (:func:`focus_box`: a square of
         :data:`FOCUS_SIDE` of the thorax box round the slice's largest lesion piece) instead of
         the whole slice (default). A whole 512-px slice of a mild study is mostly normal lung,
-        while UCSD's COVID-19 images are mostly figures framed on the finding. In four runs
+        while UCSD's COVID-19 images are mostly figures framed on the finding. In six runs
         with the COVID-19 study P001 left out, the whole-slice view pooled it to P(COVID)
-        0.09-0.16 (below the CAP study where that was left out too), the focus view to
-        0.53-0.82, first of the studies in every run (``benchmarks/study_views.py``, README).
+        0.09-0.18, the focus view (0.6) to 0.41-0.84, first of the four studies in every run
+        (``benchmarks/study_views.py``, README).
     focus_side : float, optional
         The view's side as a share of the thorax box's shorter side (default
         :data:`FOCUS_SIDE`; for sensitivity checks).
