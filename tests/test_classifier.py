@@ -393,7 +393,7 @@ def test_lesion_crops_zoom_onto_the_segmented_lesion_and_are_recorded(tmp_path):
     clf = C.load_classifier(tmp_path / "l.pt", device="cpu")
     assert C.learned_lesion_crops(clf)
     r = {v: T.evaluate_folders(clf, data / "COVID", data / "NonCOVID", view=v) for v in ("auto", "whole", "focus")}
-    assert r["auto"]["view"] == C.IMAGE_VIEW == "both" and r["whole"]["view"] == "whole"
+    assert r["auto"]["view"] == C.IMAGE_VIEW == "both" and r["whole"]["view"] == "whole"  # both, for every model
     pw, pf, pb = ([q["p_covid"] for q in r[v]["per_image"]] for v in ("whole", "focus", "auto"))
     assert np.allclose(pb, 0.5 * (np.array(pw) + np.array(pf)), atol=2e-4)  # both = the mean of the two views
     with pytest.raises(T.DataError, match="view"):

@@ -16,8 +16,8 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--device", default="auto")
     e.add_argument("--no-tta", action="store_true", help="no left-right flip averaging")
     e.add_argument("--view", choices=("auto", "whole", "focus", "both"), default="auto",
-                   help="whole image, the view zoomed on its largest segmented lesion, or their mean; auto: "
-                        "'both' for a model trained with --lesion-crops, else 'whole'")
+                   help="whole image, the view framed on its largest segmented lesion, or their mean "
+                        "(auto = both, the default)")
     e.add_argument("--json", action="store_true", help="print one JSON object (with per_image)")
 
 

@@ -862,11 +862,10 @@ def evaluate_folders(clf: C.LoadedClassifier, covid: Path, non_covid: Path, tta:
     ``view``: ``whole`` (the image resized), ``focus`` (the view zoomed on the largest lesion
     piece the shipped segmentation finds in it, :func:`ctscreen.inference.classifier.focus_box`;
     the whole image when it finds none), ``both`` (their mean) or ``auto``:
-    :data:`ctscreen.inference.classifier.IMAGE_VIEW` for a model trained with lesion crops
-    (:func:`ctscreen.inference.classifier.learned_lesion_crops`), else ``whole``.
+    :data:`ctscreen.inference.classifier.IMAGE_VIEW` (``both``).
     """
     if view == "auto":
-        view = C.IMAGE_VIEW if C.learned_lesion_crops(clf) else "whole"
+        view = C.IMAGE_VIEW
     if view not in VIEWS:
         raise DataError(f"view must be one of {', '.join(VIEWS)} or auto, not {view!r}")
     files, labels = [], []
