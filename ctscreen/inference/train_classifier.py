@@ -833,6 +833,12 @@ def write_card(out: Path, card: dict[str, Any], force: bool = True) -> None:
     if "auc" in v1:
         lines += [f"- Without the flip (as study verdicts score an ensemble): accuracy {_fmt_ci(v1, 'accuracy')}, "
                   f"F1 {_fmt_ci(v1, 'f1')}, ROC AUC {_fmt_ci(v1, 'auc')}"]
+    v2 = card.get("validation_both_views") or {}
+    if "auc" in v2:
+        lines += [f"- Whole image + lesion view ({v2.get('protocol', '')}): accuracy {_fmt_ci(v2, 'accuracy')}, "
+                  f"F1 {_fmt_ci(v2, 'f1')}, ROC AUC {_fmt_ci(v2, 'auc')}"]
+    if card.get("study_protocol"):
+        lines += [f"- Study protocol: {card['study_protocol']}"]
     lines += [f"- {n}" for n in card.get("notes") or []]
     bases = card.get("base_model") or []
     for b in [bases] if isinstance(bases, dict) else bases:  # earlier stages, added to the card by hand
